@@ -1,0 +1,184 @@
+"""Features, tier, stage and tags of one customer at one instant, with the explanation.
+
+`evaluate(state, rules, params, as_of_ms)` is the single place where a customer's standing is
+decided; profiles, tier changes and the HTTP explanation all come from its result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from segmentation import engagement as eng
+from segmentation.bgnbd import BgNbdParams, churn_p_alive
+from segmentation.lifecycle import StageDecision, decide_stage
+from segmentation.rfm import ascending_score, recency_score, segment_of
+from segmentation.rules import Rules
+from segmentation.state import NO_TIME, CustomerState
+from segmentation.timeutil import DAY_MS, day_of, to_rfc3339
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    as_of_ms: int
+    features: dict[str, Any]
+    tier: str
+    tier_explanation: dict[str, Any]
+    stage: StageDecision
+    tags: list[str]
+    scores: tuple[int, int, int] | None
+    first_purchase_ms: int | None
+    last_purchase_ms: int | None
+
+
+def btyd_stats(purchase_times_ms: list[int], as_of_ms: int) -> tuple[int, int, int] | None:
+    """(x, t_x, T) in days: repeat purchase days, first->last purchase day, first day->as-of day."""
+    if not purchase_times_ms:
+        return None
+    days = sorted({day_of(t) for t in purchase_times_ms})
+    first = days[0]
+    return len(days) - 1, days[-1] - first, max(day_of(as_of_ms) - first, days[-1] - first)
+
+
+def engagement_at(
+    state: CustomerState, as_of_ms: int, half_life_days: float
+) -> tuple[float, float]:
+    if state.engaged_as_of_ms == NO_TIME:
+        return 0.0, 0.0
+    elapsed = as_of_ms - state.engaged_as_of_ms
+    return (
+        eng.decay(state.email_score, elapsed, half_life_days),
+        eng.decay(state.wechat_score, elapsed, half_life_days),
+    )
+
+
+def evaluate(state: CustomerState, rules: Rules, params: BgNbdParams, as_of_ms: int) -> Evaluation:
+    times = state.purchase_times()
+    frequency = len(times)
+    monetary = state.monetary_cents() / 100
+    email_score, wechat_score = engagement_at(state, as_of_ms, rules.engagement.half_life_days)
+    engagement_score = round(email_score + wechat_score, 4)
+    btyd = btyd_stats(times, as_of_ms)
+    features: dict[str, Any] = {
+        "frequency": frequency,
+        "monetary": monetary,
+        "engagement_score": engagement_score,
+        "engagement_level": eng.level(engagement_score, rules.engagement),
+        "email_score": round(email_score, 4),
+        "wechat_score": round(wechat_score, 4),
+        "wechat_following": state.wechat_follow[1] if state.wechat_follow else False,
+        "recency_days": None,
+        "r": None,
+        "f": None,
+        "m": None,
+        "segment": None,
+        "p_alive": None,
+        "x": None,
+        "t_x": None,
+        "T": None,
+        "days_since_first_purchase": None,
+    }
+    scores = None
+    typical_gap = None
+    if times and btyd is not None:
+        recency_days = (as_of_ms - times[-1]) // DAY_MS
+        s = rules.scoring
+        scores = (
+            recency_score(recency_days, s.recency_days),
+            ascending_score(frequency, s.frequency),
+            ascending_score(monetary, s.monetary),
+        )
+        x, t_x, big_t = btyd
+        typical_gap = t_x / x if x > 0 else None
+        features.update(
+            recency_days=recency_days,
+            r=scores[0],
+            f=scores[1],
+            m=scores[2],
+            segment=segment_of(*scores),
+            p_alive=round(churn_p_alive(x, float(t_x), float(big_t), params), 6),
+            x=x,
+            t_x=t_x,
+            T=big_t,
+            days_since_first_purchase=(as_of_ms - times[0]) // DAY_MS,
+        )
+    stage = decide_stage(times, as_of_ms, rules.lifecycle, typical_gap)
+    features["stage"] = stage.stage
+    tier, explanation = rules.tier_for(features)
+    return Evaluation(
+        as_of_ms=as_of_ms,
+        features=features,
+        tier=tier,
+        tier_explanation=explanation,
+        stage=stage,
+        tags=rules.tags_for(features),
+        scores=scores,
+        first_purchase_ms=times[0] if times else None,
+        last_purchase_ms=times[-1] if times else None,
+    )
+
+
+def profile_of(
+    state: CustomerState, ev: Evaluation, rules: Rules, params: BgNbdParams
+) -> dict[str, Any]:
+    """The read model's document: the design's profile shape plus the explanation."""
+    f = ev.features
+    return {
+        "customer_id": state.customer_id,
+        "tier": ev.tier,
+        "stage": ev.stage.stage,
+        "tags": ev.tags,
+        "rfm": {
+            "recency_days": f["recency_days"],
+            "frequency": f["frequency"],
+            "monetary": f["monetary"],
+            "r": f["r"],
+            "f": f["f"],
+            "m": f["m"],
+            "segment": f["segment"],
+        },
+        "btyd": {"x": f["x"], "t_x": f["t_x"], "T": f["T"]},
+        "engagement": {
+            "score": f["engagement_score"],
+            "level": f["engagement_level"],
+            "email_score": f["email_score"],
+            "wechat_score": f["wechat_score"],
+            "wechat_following": f["wechat_following"],
+        },
+        "p_alive": f["p_alive"],
+        "first_purchase_at": to_rfc3339(ev.first_purchase_ms) if ev.first_purchase_ms else None,
+        "last_purchase_at": to_rfc3339(ev.last_purchase_ms) if ev.last_purchase_ms else None,
+        "as_of": to_rfc3339(ev.as_of_ms),
+        "rules_version": rules.version,
+        "suppressions": {k: v[1] for k, v in sorted(state.suppressions.items())},
+        "explanation": {
+            "tier": ev.tier_explanation,
+            "stage": {
+                "stage": ev.stage.stage,
+                "reason": ev.stage.reason,
+                "at_risk_after_days": ev.stage.at_risk_after_days,
+                "churned_after_days": ev.stage.churned_after_days,
+                "next_boundary_at": (
+                    to_rfc3339(ev.stage.next_boundary_ms) if ev.stage.next_boundary_ms else None
+                ),
+            },
+            "rfm": {
+                "method": rules.scoring.method,
+                "recency_days_bounds": list(rules.scoring.recency_days),
+                "frequency_bounds": list(rules.scoring.frequency),
+                "monetary_bounds": list(rules.scoring.monetary),
+            },
+            "p_alive": {
+                "model": "BG/NBD (MBG-style for one-time buyers)",
+                "params_version": params.version,
+                "x": f["x"],
+                "t_x": f["t_x"],
+                "T": f["T"],
+            },
+            "tags": [
+                {"tag": rule.name, "description": rule.description}
+                for rule in rules.tags
+                if rule.name in ev.tags
+            ],
+        },
+    }

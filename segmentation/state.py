@@ -1,0 +1,137 @@
+"""The one state record per customer, and its compact serialisation.
+
+Everything a customer's profile needs is derivable from this record and the clock, and every
+field is a commutative aggregate (or keyed by event/order id) so the same set of events gives the
+same state whatever order it arrived in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import orjson
+
+# Event-id digests kept for idempotency. Purchases are also idempotent by order id (kept for
+# ever); the digest window covers engagement redelivery, which Kafka bounds in practice
+# (a redelivery replays a consumer's uncommitted tail, not months of history).
+SEEN_LIMIT: Final = 256
+NO_TIME: Final = -1
+
+
+def event_digest(event_id: str) -> int:
+    """A 63-bit digest: 8 bytes of state instead of the whole id; collisions are ~2^-63 per pair."""
+    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "big") >> 1
+
+
+@dataclass(slots=True)
+class Order:
+    """`at_ms` is NO_TIME while only a refund of the order has been seen (it arrived first)."""
+
+    at_ms: int
+    cents: int
+    refunded_cents: int = 0
+
+    @property
+    def counted(self) -> bool:
+        return self.at_ms != NO_TIME and not (
+            self.refunded_cents > 0 and self.refunded_cents >= self.cents
+        )
+
+
+@dataclass(slots=True)
+class CustomerState:
+    customer_id: str
+    orders: dict[str, Order] = field(default_factory=dict)
+    email_score: float = 0.0
+    wechat_score: float = 0.0
+    engaged_as_of_ms: int = NO_TIME
+    engagement_events: int = 0
+    wechat_follow: tuple[int, bool] | None = (
+        None  # (event time, following) of the latest follow/unfollow
+    )
+    suppressions: dict[str, tuple[int, bool]] = field(default_factory=dict)  # channel -> (time, on)
+    timezone: str | None = None
+    seen: list[int] = field(default_factory=list)
+    as_of_ms: int = NO_TIME
+    # What was last published, to detect changes.
+    tier: str | None = None
+    stage: str | None = None
+    rules_version: str | None = None
+    scores: tuple[int, int, int] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def has_seen(self, digest: int) -> bool:
+        return digest in self.seen
+
+    def remember(self, digest: int) -> None:
+        self.seen.append(digest)
+        if len(self.seen) > SEEN_LIMIT:
+            del self.seen[: len(self.seen) - SEEN_LIMIT]
+
+    # -- derived purchase aggregates -------------------------------------------------------
+    def purchase_times(self) -> list[int]:
+        return sorted(o.at_ms for o in self.orders.values() if o.counted)
+
+    def frequency(self) -> int:
+        return sum(1 for o in self.orders.values() if o.counted)
+
+    def monetary_cents(self) -> int:
+        bought = sum(o.cents for o in self.orders.values() if o.at_ms != NO_TIME)
+        return bought - sum(o.refunded_cents for o in self.orders.values())
+
+    # -- serialisation ---------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "id": self.customer_id,
+            "o": {k: [o.at_ms, o.cents, o.refunded_cents] for k, o in self.orders.items()},
+            "s": self.seen,
+            "t": self.as_of_ms,
+        }
+        if self.engaged_as_of_ms != NO_TIME:
+            doc["e"] = [
+                self.email_score,
+                self.wechat_score,
+                self.engaged_as_of_ms,
+                self.engagement_events,
+            ]
+        if self.wechat_follow is not None:
+            doc["w"] = list(self.wechat_follow)
+        if self.suppressions:
+            doc["u"] = {k: list(v) for k, v in self.suppressions.items()}
+        if self.timezone:
+            doc["z"] = self.timezone
+        if self.tier is not None:
+            doc["p"] = [self.tier, self.stage, self.rules_version, list(self.scores or ())]
+        if self.extra:
+            doc["x"] = self.extra
+        return doc
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> CustomerState:
+        state = cls(customer_id=doc["id"])
+        state.orders = {k: Order(v[0], v[1], v[2]) for k, v in doc.get("o", {}).items()}
+        state.seen = list(doc.get("s", []))
+        state.as_of_ms = doc.get("t", NO_TIME)
+        if "e" in doc:
+            e = doc["e"]
+            state.email_score, state.wechat_score = float(e[0]), float(e[1])
+            state.engaged_as_of_ms, state.engagement_events = int(e[2]), int(e[3])
+        if "w" in doc:
+            state.wechat_follow = (int(doc["w"][0]), bool(doc["w"][1]))
+        state.suppressions = {k: (int(v[0]), bool(v[1])) for k, v in doc.get("u", {}).items()}
+        state.timezone = doc.get("z")
+        if "p" in doc:
+            tier, stage, version, scores = doc["p"]
+            state.tier, state.stage, state.rules_version = tier, stage, version
+            state.scores = (scores[0], scores[1], scores[2]) if len(scores) == 3 else None
+        state.extra = dict(doc.get("x", {}))
+        return state
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> CustomerState:
+        return cls.from_dict(orjson.loads(raw))

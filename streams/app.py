@@ -1,0 +1,147 @@
+"""The Faust application, built by a function from a Settings object (no import-time globals)."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+
+from segmentation.bgnbd import DEFAULT_PARAMS, BgNbdParams
+from segmentation.events import INPUT_TOPICS
+from segmentation.rules import Rules, load_rules
+from streams import metrics as metrics_mod
+from streams import topics as names
+from streams.settings import Settings
+
+log = logging.getLogger("tierstream")
+
+# Raw bytes in and out: decoding is ours (cheap, and a bad record becomes a dead letter instead
+# of a decode error that would crash the agent).
+RAW: dict[str, Any] = {
+    "key_type": bytes,
+    "value_type": bytes,
+    "key_serializer": "raw",
+    "value_serializer": "raw",
+}
+
+
+@dataclass
+class Runtime:
+    """What the agents share: settings, rules, model parameters, metrics, topics and tables."""
+
+    settings: Settings
+    rules: Rules
+    params: BgNbdParams
+    metrics: metrics_mod.Metrics
+    app: faust.App
+    inputs: faust.TopicT
+    customers: Any  # faust.Table of customer_id -> CustomerState bytes
+    out: dict[str, faust.TopicT] = field(default_factory=dict)
+    processor: Any = None
+    redis: Any = None
+
+    def now_ms(self) -> int:
+        return int(time.time() * 1000)
+
+
+def _credentials(settings: Settings) -> Any:
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return None
+    context = None
+    if protocol.endswith("SSL"):
+        context = ssl.create_default_context(
+            cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None
+        )
+        if settings.kafka_ssl_certfile:
+            context.load_cert_chain(
+                str(settings.kafka_ssl_certfile),
+                str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None,
+            )
+    if protocol.startswith("SASL"):
+        mechanism = settings.kafka_sasl_mechanism or "PLAIN"
+        if mechanism == "PLAIN":
+            return faust.SASLCredentials(
+                username=settings.kafka_sasl_username,
+                password=settings.kafka_sasl_password.value,
+                ssl_context=context,
+            )
+        return faust.SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=settings.kafka_sasl_password.value,
+            mechanism=mechanism,
+            ssl_context=context,
+        )
+    return faust.SSLCredentials(context)
+
+
+def faust_settings(settings: Settings) -> dict[str, Any]:
+    assert settings.broker is not None, "a worker needs TIERSTREAM_BROKER"
+    store = "memory://" if settings.store == "memory" else "rocksdb://"
+    conf: dict[str, Any] = {
+        "broker": settings.broker,
+        "store": store,
+        "datadir": str(settings.data_dir),
+        "topic_partitions": settings.partitions,
+        "topic_replication_factor": 1,
+        "web_host": settings.web_host,
+        "web_bind": settings.web_host,
+        "web_port": settings.web_port,
+        "web_in_thread": False,
+        "consumer_auto_offset_reset": "earliest",
+        # Measured in notes/faust-and-tansu.md: these keep the per-event overhead down.
+        "stream_wait_empty": False,
+        "stream_buffer_maxsize": 16384,
+        "broker_max_poll_records": 2000,
+        "producer_linger": 0.005,
+        "broker_commit_every": 2000,
+        "broker_commit_interval": 1.0,
+        "table_standby_replicas": 1,
+        "logging_config": None,
+    }
+    credentials = _credentials(settings)
+    if credentials is not None:
+        conf["broker_credentials"] = credentials
+    if settings.fast_group_join:
+        # Tansu (the embedded broker) holds a first group join for the whole rebalance timeout.
+        conf.update(
+            broker_rebalance_timeout=4,
+            broker_session_timeout=6,
+            broker_heartbeat_interval=1,
+        )
+    return conf
+
+
+def create_app(settings: Settings, *, rules: Rules | None = None) -> tuple[faust.App, Runtime]:
+    from agents.readmodel import register_readmodel_agent
+    from agents.segment import register_segment_agent
+    from streams.web import register_views
+
+    app = faust.App(settings.app_id, **faust_settings(settings))
+    inputs = app.topic(*INPUT_TOPICS, **RAW, partitions=settings.partitions)
+    customers = app.Table(
+        "customers",
+        schema=faust.Schema(**RAW),
+        partitions=settings.partitions,
+        help="customer_id -> state",
+    )
+    runtime = Runtime(
+        settings=settings,
+        rules=rules if rules is not None else load_rules(settings.rules_path),
+        params=DEFAULT_PARAMS,
+        metrics=metrics_mod.create(),
+        app=app,
+        inputs=inputs,
+        customers=customers,
+    )
+    for name in (*INPUT_TOPICS, *names.OUTPUT_TOPICS, names.PROFILES):
+        runtime.out[name] = app.topic(name, **RAW, partitions=settings.partitions)
+    runtime.metrics.rules_info.labels(rules_version=runtime.rules.version).set(1)
+    register_segment_agent(runtime)
+    register_readmodel_agent(runtime)
+    register_views(runtime)
+    return app, runtime
