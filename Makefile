@@ -4,7 +4,14 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit e2e bench clean
+.PHONY: demo test lint tools bench clean
+
+# promtool (Debian package `prometheus`) checks the deploy files and a real /metrics scrape.
+tools:
+	@command -v promtool >/dev/null 2>&1 || { \
+	  echo "installing promtool (Debian package prometheus)"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +26,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check segmentation streams agents tests
 	$(BIN)/mypy
 
-test: $(STAMP) lint
+test: $(STAMP) tools lint
 	$(BIN)/pytest -q
 
 bench: $(STAMP)

@@ -25,14 +25,16 @@ BATCH_WITHIN_SECONDS = 0.2
 MAX_BACKOFF_SECONDS = 5.0
 
 
-async def write_with_retry(runtime: Runtime, batch: dict[str, dict[str, Any] | None]) -> None:
+async def write_with_retry(
+    runtime: Runtime, batch: dict[str, dict[str, Any] | None], updates: int
+) -> None:
+    """Write until Redis takes it; `updates` is how many profile records the batch folds."""
     m = runtime.metrics
-    m.redis_backlog.inc(len(batch))
     backoff = 0.1
     while True:
         try:
-            await readmodel.write_batch(runtime.redis, batch)
-            m.redis_backlog.dec(len(batch))
+            await readmodel.write_batch(runtime.redis, batch, runtime.rules.tier_names)
+            runtime.profiles_written += updates
             return
         except (RedisError, OSError) as exc:
             m.redis_write_failures.inc()
@@ -46,6 +48,7 @@ def register_readmodel_agent(runtime: Runtime) -> faust.types.AgentT:
     runtime.redis = readmodel.connect(
         s.redis_url,
         password=s.redis_password.value or None,
+        tls=s.redis_tls,
         ssl_ca_file=str(s.redis_ca_file) if s.redis_ca_file else None,
     )
 
@@ -62,12 +65,12 @@ def register_readmodel_agent(runtime: Runtime) -> faust.types.AgentT:
                 customer_id = key.decode("utf-8", "replace")
                 latest[customer_id] = orjson.loads(event.value) if event.value else None
             if latest:
-                await write_with_retry(runtime, latest)
+                await write_with_retry(runtime, latest, len(values))
 
     @runtime.app.timer(interval=10.0)
     async def refresh_population_gauges() -> None:
         try:
-            counts = await readmodel.read_counts(runtime.redis)
+            counts = await readmodel.read_counts(runtime.redis, runtime.rules.tier_names)
         except (RedisError, OSError):
             return
         for tier, n in counts["tiers"].items():

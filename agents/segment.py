@@ -127,11 +127,12 @@ class SegmentProcessor:
             if raw is not None:
                 del rt.customers[key]
             await rt.out[names.PROFILES].send(key=key, value=None)
+            rt.profiles_sent += 1
             rt.metrics.customers_erased.inc()
             return result
         assert result.state is not None
-        rt.customers[key] = result.state.to_bytes()
         await rt.out[names.PROFILES].send(key=key, value=orjson.dumps(result.profile))
+        rt.profiles_sent += 1
         emitted_ms = rt.now_ms()
         for change in result.changes:
             change["emitted_at"] = to_rfc3339(emitted_ms)
@@ -141,6 +142,9 @@ class SegmentProcessor:
                 rt.metrics.processing_latency.observe(
                     max(0.0, time.time() - event.occurred_ms / 1000)
                 )
+        # State last: if a send above fails the event is dead-lettered and, since its event id
+        # is not yet remembered, a replay of the dead letter applies it (change ids dedupe).
+        rt.customers[key] = result.state.to_bytes()
         rt.metrics.last_event_time.set(
             max(rt.metrics.last_event_time._value.get(), event.occurred_ms / 1000)
         )

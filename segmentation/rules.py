@@ -164,6 +164,12 @@ class Rules:
         # Unreachable with a validated rules file (the last rule must always hold).
         return TIERS[-1], {"rule": "fallback", "conditions": [], "not_matched": rejected}
 
+    @property
+    def tier_names(self) -> tuple[str, ...]:
+        """The tiers these rules can assign, in rule order (the defaults first, so a read model
+        that once held them still clears them)."""
+        return tuple(dict.fromkeys((*TIERS, *(rule.name for rule in self.tiers))))
+
     def tags_for(self, features: Mapping[str, Any]) -> list[str]:
         return [rule.name for rule in self.tags if rule.evaluate(features)[0]]
 

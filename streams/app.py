@@ -43,6 +43,13 @@ class Runtime:
     out: dict[str, faust.TopicT] = field(default_factory=dict)
     processor: Any = None
     redis: Any = None
+    # Profile updates this worker published and wrote to Redis: their difference is the read
+    # model's backlog (Redis down or slow), which a gauge reports and tests wait on.
+    profiles_sent: int = 0
+    profiles_written: int = 0
+
+    def redis_backlog(self) -> int:
+        return max(0, self.profiles_sent - self.profiles_written)
 
     def now_ms(self) -> int:
         return int(time.time() * 1000)
@@ -141,6 +148,7 @@ def create_app(settings: Settings, *, rules: Rules | None = None) -> tuple[faust
     for name in (*INPUT_TOPICS, *names.OUTPUT_TOPICS, names.PROFILES):
         runtime.out[name] = app.topic(name, **RAW, partitions=settings.partitions)
     runtime.metrics.rules_info.labels(rules_version=runtime.rules.version).set(1)
+    runtime.metrics.redis_backlog.set_function(runtime.redis_backlog)
     register_segment_agent(runtime)
     register_readmodel_agent(runtime)
     register_views(runtime)

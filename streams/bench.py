@@ -1,4 +1,4 @@
-"""`tierstream bench`: placeholder until the benchmark lands (issue 7); says so instead of faking."""
+"""`tierstream bench`: not built yet (issue 7); it says so instead of printing made-up figures."""
 
 from __future__ import annotations
 

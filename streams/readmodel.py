@@ -31,13 +31,17 @@ def stage_key(stage: str) -> str:
 
 
 def connect(
-    url: str, *, password: str | None = None, ssl_ca_file: str | None = None
+    url: str, *, password: str | None = None, tls: bool = False, ssl_ca_file: str | None = None
 ) -> aioredis.Redis:
     kwargs: dict[str, Any] = {"socket_timeout": 5, "socket_connect_timeout": 5}
     if password:
         kwargs["password"] = password
-    if ssl_ca_file:
-        kwargs["ssl_ca_certs"] = ssl_ca_file
+    if tls or ssl_ca_file:
+        # redis-py picks TLS by the URL scheme; ssl_* options on a redis:// URL are a TypeError.
+        if url.startswith("redis://"):
+            url = "rediss://" + url[len("redis://") :]
+        if ssl_ca_file:
+            kwargs["ssl_ca_certs"] = ssl_ca_file
     return aioredis.Redis.from_url(url, **kwargs)
 
 
@@ -71,14 +75,17 @@ async def read_profile(client: aioredis.Redis, customer_id: str) -> dict[str, An
     return None if raw is None else orjson.loads(raw)
 
 
-async def read_counts(client: aioredis.Redis) -> dict[str, dict[str, int]]:
+async def read_counts(
+    client: aioredis.Redis, tiers: Iterable[str] = TIERS
+) -> dict[str, dict[str, int]]:
+    tiers = tuple(tiers)
     pipe = client.pipeline(transaction=False)
-    for tier in TIERS:
+    for tier in tiers:
         pipe.scard(tier_key(tier))
     for stage in STAGES:
         pipe.scard(stage_key(stage))
     counts = await pipe.execute()
     return {
-        "tiers": dict(zip(TIERS, counts[: len(TIERS)], strict=True)),
-        "stages": dict(zip(STAGES, counts[len(TIERS) :], strict=True)),
+        "tiers": dict(zip(tiers, counts[: len(tiers)], strict=True)),
+        "stages": dict(zip(STAGES, counts[len(tiers) :], strict=True)),
     }

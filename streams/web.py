@@ -59,7 +59,7 @@ def register_views(runtime: Runtime) -> None:
             if refused is not None:
                 return refused
             try:
-                counts = await readmodel.read_counts(runtime.redis)
+                counts = await readmodel.read_counts(runtime.redis, runtime.rules.tier_names)
             except (RedisError, OSError):
                 return self.json({"error": "read model (Redis) unavailable"}, status=503)
             body: dict[str, Any] = {**counts, "rules_version": runtime.rules.version}

@@ -1,0 +1,831 @@
+"""Agent-level tests of the Faust glue, following Faust's testing recipe.
+
+Each test builds the real app with `create_app` and `store='memory://'`, and drives the real
+agents (`app.agents[...]`) with `agent.test_context()`: no broker is ever contacted. Only the
+outbound `send` of the app's output topics is replaced (an `AsyncMock` per topic); tables, the
+pure core, metrics and, for the read model, a real Redis server are the real ones.
+
+How the records get in (faust-streaming 0.15.3): `AgentTestWrapper.put()` names the record's
+topic after the agent's original channel, and the segment agent subscribes to five topics, so
+`put()` would stamp every record "<internal>". Instead a `faust.types.Message` with the real
+topic, partition, offset and headers is decoded by the test channel (a plain channel passes the
+raw bytes through) and put on it; current_event is then set by the stream, as in a worker, so
+table writes are legal. A record counts as processed once Faust acks it: the stream acks a
+message when the agent asks for the next one, i.e. after the agent body is done with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from unittest.mock import AsyncMock
+
+import faust
+import orjson
+import pytest
+import redis.asyncio as aioredis
+from faust.types import Message
+from redis.exceptions import RedisError
+
+import agents.readmodel as readmodel_agent
+import agents.segment as segment_agent
+from segmentation.bgnbd import DEFAULT_PARAMS
+from segmentation.events import PURCHASES, SUPPRESSIONS, parse_event
+from segmentation.rules import Rules, parse_rules_text
+from segmentation.state import CustomerState
+from segmentation.step import apply_event, change_id
+from segmentation.timeutil import DAY_MS, parse_rfc3339, to_rfc3339
+from streams import readmodel
+from streams import topics as names
+from streams.app import Runtime, create_app
+from streams.partitioning import partition_for
+from streams.settings import Settings, load_settings
+
+SEGMENT = "tierstream.segment"
+READMODEL = "tierstream.readmodel"
+PARTITIONS = 4
+# Upper bound on waiting for a record to be processed, so that a bug hangs no run. Not a
+# performance threshold: a healthy run waits micro- to milliseconds.
+GUARD_SECONDS = 30.0
+# Nothing listens on port 1: the broker (and Redis, where a test wants it down) refuse at once.
+CLOSED_URL_PORT = 1
+
+CHANGE_FIELDS = {
+    "change_id",
+    "customer_id",
+    "previous_tier",
+    "tier",
+    "previous_stage",
+    "stage",
+    "rfm_segment",
+    "r",
+    "f",
+    "m",
+    "recency_days",
+    "frequency",
+    "monetary",
+    "engagement_score",
+    "engagement_level",
+    "p_alive",
+    "cause",
+    "rule",
+    "rules_version",
+    "occurred_at",
+    "emitted_at",
+}
+DEAD_LETTER_FIELDS = {"source_topic", "partition", "offset", "error", "payload", "received_at"}
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def make_settings(tmp_path: Path, redis_url: str, **extra: str) -> Settings:
+    env = {
+        "TIERSTREAM_BROKER": "kafka://127.0.0.1:1",
+        "TIERSTREAM_PARTITIONS": str(PARTITIONS),
+        "TIERSTREAM_DATA_DIR": str(tmp_path / "data"),
+        "TIERSTREAM_REDIS_URL": redis_url,
+        "TIERSTREAM_STORE": "memory",
+        **extra,
+    }
+    return load_settings(env)
+
+
+def closed_redis_url() -> str:
+    return f"redis://127.0.0.1:{CLOSED_URL_PORT}/0"
+
+
+def purchase(
+    customer_id: str,
+    event_id: str,
+    order_id: str,
+    amount: str,
+    occurred_ms: int,
+    **extra: Any,
+) -> bytes:
+    return orjson.dumps(
+        {
+            "event_id": event_id,
+            "customer_id": customer_id,
+            "occurred_at": occurred_ms,
+            "order_id": order_id,
+            "amount": amount,
+            **extra,
+        }
+    )
+
+
+def metric(runtime: Runtime, name: str, **labels: str) -> float | None:
+    value: float | None = runtime.metrics.registry.get_sample_value(name, labels)
+    return value
+
+
+def b64(raw: bytes | None) -> str:
+    return base64.b64encode(raw or b"").decode("ascii")
+
+
+async def eventually(predicate: Callable[[], Awaitable[bool]], poll: float = 0.01) -> None:
+    """Wait until `predicate()` holds (bounded by GUARD_SECONDS against hangs)."""
+
+    async def loop() -> None:
+        while not await predicate():
+            await asyncio.sleep(poll)
+
+    await asyncio.wait_for(loop(), timeout=GUARD_SECONDS)
+
+
+@dataclass
+class SegmentHarness:
+    """The segment agent under `test_context()`, with every output topic's send mocked."""
+
+    app: faust.App
+    runtime: Runtime
+    agent: Any  # faust AgentTestWrapper
+    sends: dict[str, AsyncMock]
+    offsets: itertools.count[int]
+
+    async def deliver(
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        key: bytes | None = None,
+        partition: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> Message:
+        """Deliver one raw record as the consumer would, and return once the agent is done."""
+        if partition is None:
+            partition = partition_for(key, PARTITIONS) if key else 0
+        message = Message(
+            topic=topic,
+            partition=partition,
+            offset=next(self.offsets),
+            timestamp=time.time(),
+            timestamp_type=0,
+            headers=headers or [],
+            key=key,
+            value=value,
+            checksum=None,
+            generation_id=self.app.consumer_generation_id,
+        )
+        channel = self.agent.stream().channel
+        await channel.put(await channel.decode(message))
+
+        async def processed() -> bool:
+            return bool(message.acked) or bool(self.agent.crashed)
+
+        await eventually(processed, poll=0)
+        # The worker never dies on input: nothing escaped the agent body.
+        assert not self.agent.crashed, self.agent.crash_reason
+        return message
+
+    def sent(self, topic: str) -> list[tuple[bytes | None, Any]]:
+        """(key, decoded JSON value or None) of every send to `topic`, in order."""
+        out = []
+        for call in self.sends[topic].await_args_list:
+            value = call.kwargs.get("value")
+            out.append((call.kwargs.get("key"), orjson.loads(value) if value else None))
+        return out
+
+    def state(self, customer_id: str) -> CustomerState | None:
+        raw = self.runtime.customers.get(customer_id.encode())
+        return CustomerState.from_bytes(raw) if raw is not None else None
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    # The segment agent never touches Redis (its client connects lazily), so it points nowhere.
+    return make_settings(tmp_path, closed_redis_url())
+
+
+@pytest.fixture
+async def segment(settings: Settings) -> AsyncIterator[SegmentHarness]:
+    app, runtime = create_app(settings)
+    assert app.conf.store.scheme == "memory"
+    sends: dict[str, AsyncMock] = {}
+    for name, topic in runtime.out.items():
+        sends[name] = AsyncMock(name=f"{name}.send")
+        topic.send = sends[name]  # type: ignore[method-assign]
+    agent = app.agents[SEGMENT]
+    async with agent.test_context() as tested:
+        yield SegmentHarness(app, runtime, tested, sends, itertools.count(100))
+    assert not tested.crashed
+    await runtime.redis.aclose()
+
+
+def one_dead_letter(segment: SegmentHarness) -> tuple[bytes | None, dict[str, Any]]:
+    letters = segment.sent(names.DEAD_LETTERS)
+    assert len(letters) == 1, letters
+    key, doc = letters[0]
+    assert isinstance(doc, dict)
+    return key, doc
+
+
+# -- segment agent: the happy path ---------------------------------------------------------------
+
+
+async def test_valid_purchase_updates_table_and_publishes_change_and_profile(
+    segment: SegmentHarness,
+) -> None:
+    rt = segment.runtime
+    occurred = wall_ms() - 2 * DAY_MS
+    value = purchase("cust-1", "evt-1", "ord-1", "120.50", occurred, channel="web")
+    await segment.deliver(PURCHASES, value, key=b"cust-1")
+
+    state = segment.state("cust-1")
+    assert state is not None
+    assert state.customer_id == "cust-1"
+    assert state.frequency() == 1
+    assert state.monetary_cents() == 12050
+    assert (state.tier, state.stage) == ("potential", "new")
+    assert state.rules_version == rt.rules.version
+
+    changes = segment.sent(names.TIER_CHANGES)
+    assert len(changes) == 1
+    key, change = changes[0]
+    assert key == b"cust-1"
+    assert change.keys() >= CHANGE_FIELDS
+    assert change["customer_id"] == "cust-1"
+    assert (change["previous_tier"], change["tier"]) == (None, "potential")
+    assert (change["previous_stage"], change["stage"]) == (None, "new")
+    assert change["cause"] == "event"
+    assert change["frequency"] == 1
+    assert change["monetary"] == pytest.approx(120.5)
+    assert change["rfm_segment"] == "new_customers"
+    assert change["rules_version"] == rt.rules.version
+    assert change["rule"].endswith(":potential")
+    assert change["occurred_at"] == to_rfc3339(occurred)
+    assert parse_rfc3339(change["emitted_at"]) >= occurred
+    assert change["change_id"] == change_id(
+        "cust-1", (None, None), ("potential", "new"), occurred, rt.rules.version
+    )
+
+    profiles = segment.sent(names.PROFILES)
+    assert len(profiles) == 1
+    key, profile = profiles[0]
+    assert key == b"cust-1"
+    assert profile["customer_id"] == "cust-1"
+    assert (profile["tier"], profile["stage"]) == ("potential", "new")
+    assert profile["rfm"]["frequency"] == 1
+    assert profile["rfm"]["monetary"] == pytest.approx(120.5)
+    assert profile["rules_version"] == rt.rules.version
+
+    assert segment.sent(names.DEAD_LETTERS) == []
+    assert metric(rt, "tierstream_events_consumed_total", topic=PURCHASES) == 1
+    assert (
+        metric(
+            rt,
+            "tierstream_transitions_total",
+            kind="tier",
+            from_state="None",
+            to_state="potential",
+            cause="event",
+        )
+        == 1
+    )
+    assert (
+        metric(
+            rt,
+            "tierstream_transitions_total",
+            kind="stage",
+            from_state="None",
+            to_state="new",
+            cause="event",
+        )
+        == 1
+    )
+    assert metric(rt, "tierstream_processing_latency_seconds_count") == 1
+    assert metric(rt, "tierstream_last_event_time_seconds") == pytest.approx(occurred / 1000)
+    assert metric(rt, "tierstream_dead_letters_total", topic=PURCHASES) is None
+
+
+async def test_second_order_moves_the_customer_on(segment: SegmentHarness) -> None:
+    occurred = wall_ms() - 10 * DAY_MS
+    await segment.deliver(PURCHASES, purchase("c2", "e1", "o1", "40", occurred), key=b"c2")
+    await segment.deliver(
+        PURCHASES, purchase("c2", "e2", "o2", "45", occurred + 3 * DAY_MS), key=b"c2"
+    )
+    state = segment.state("c2")
+    assert state is not None and state.frequency() == 2
+    changes = [doc for _, doc in segment.sent(names.TIER_CHANGES)]
+    assert len(changes) == 2
+    assert changes[1]["previous_tier"] == changes[0]["tier"]
+    assert changes[1]["tier"] == state.tier
+    assert len(segment.sent(names.PROFILES)) == 2
+
+
+@pytest.mark.parametrize(
+    ("topic", "doc"),
+    [
+        ("email-opens", {"message_id": "m1", "campaign_id": "spring"}),
+        ("email-clicks", {"message_id": "m1", "url": "https://shop.example/x"}),
+        ("wechat-interactions", {"kind": "activity_join"}),
+        ("suppressions", {"kind": "unsubscribe", "channel": "email"}),
+    ],
+)
+async def test_every_input_topic_is_applied(
+    segment: SegmentHarness, topic: str, doc: dict[str, Any]
+) -> None:
+    value = orjson.dumps(
+        {"event_id": "e1", "customer_id": "c3", "occurred_at": wall_ms() - DAY_MS, **doc}
+    )
+    await segment.deliver(topic, value, key=b"c3")
+    assert segment.state("c3") is not None
+    assert len(segment.sent(names.PROFILES)) == 1
+    assert segment.sent(names.DEAD_LETTERS) == []
+    assert metric(segment.runtime, "tierstream_events_consumed_total", topic=topic) == 1
+
+
+# -- segment agent: bad input becomes a dead letter ----------------------------------------------
+
+
+def _bad_inputs() -> list[Any]:
+    now = wall_ms()
+    past = now - DAY_MS
+    good = {
+        "event_id": "bad-1",
+        "customer_id": "c-bad",
+        "occurred_at": past,
+        "order_id": "o-bad",
+        "amount": "10",
+    }
+
+    def variant(**changes: Any) -> bytes:
+        doc = {**good, **changes}
+        return orjson.dumps({k: v for k, v in doc.items() if v is not None})
+
+    return [
+        pytest.param(PURCHASES, b'{"event_id": "x", "customer_id": ', "invalid_json", id="json"),
+        pytest.param(PURCHASES, b"\xff\xfe\x00not-utf8", "not_utf8", id="not-utf8"),
+        pytest.param(PURCHASES, variant(customer_id=None), "missing_field", id="missing-field"),
+        pytest.param(PURCHASES, variant(amount="-5.00"), "invalid_amount", id="negative-amount"),
+        pytest.param(PURCHASES, variant(kind="gift"), "unknown_kind", id="unknown-kind"),
+        pytest.param(
+            "wechat-interactions",
+            orjson.dumps({**good, "kind": "poke"}),
+            "unknown_kind",
+            id="unknown-wechat-kind",
+        ),
+        pytest.param(PURCHASES, variant(currency="EUR"), "foreign_currency", id="currency"),
+        pytest.param(
+            PURCHASES, variant(occurred_at=now + 10 * DAY_MS), "future_timestamp", id="future"
+        ),
+        pytest.param(PURCHASES, None, "empty_value", id="none-value"),
+    ]
+
+
+@pytest.mark.parametrize(("topic", "value", "reason"), _bad_inputs())
+async def test_bad_input_is_dead_lettered_and_the_agent_goes_on(
+    segment: SegmentHarness, topic: str, value: bytes | None, reason: str
+) -> None:
+    rt = segment.runtime
+    before = wall_ms()
+    bad = await segment.deliver(topic, value, key=b"c-bad", partition=2)
+    after = wall_ms()
+
+    key, letter = one_dead_letter(segment)
+    assert letter.keys() >= DEAD_LETTER_FIELDS
+    assert key == b"c-bad"
+    assert letter["source_topic"] == topic
+    assert letter["partition"] == 2
+    assert letter["offset"] == bad.offset
+    assert letter["error"].startswith(f"{reason}: ")
+    assert len(letter["error"]) > len(reason) + 2  # a detail a person can act on
+    assert base64.b64decode(letter["payload"]) == (value or b"")
+    assert letter["payload"] == b64(value)
+    assert before <= parse_rfc3339(letter["received_at"]) <= after
+    assert segment.state("c-bad") is None
+    assert segment.sent(names.PROFILES) == []
+    assert segment.sent(names.TIER_CHANGES) == []
+    assert metric(rt, "tierstream_events_rejected_total", topic=topic, reason=reason) == 1
+    assert metric(rt, "tierstream_dead_letters_total", topic=topic) == 1
+
+    # The next good event is processed as usual.
+    good = purchase("c-good", "e-good", "o-good", "30", wall_ms() - DAY_MS)
+    await segment.deliver(PURCHASES, good, key=b"c-good")
+    assert segment.state("c-good") is not None
+    assert [k for k, _ in segment.sent(names.PROFILES)] == [b"c-good"]
+    assert len(segment.sent(names.DEAD_LETTERS)) == 1
+
+
+async def test_unexpected_error_is_dead_lettered_as_internal_error(
+    segment: SegmentHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rt = segment.runtime
+    failures = iter([RuntimeError("boom")])
+
+    def apply_event_failing_once(*args: Any, **kwargs: Any) -> Any:
+        exc = next(failures, None)
+        if exc is not None:
+            raise exc
+        return apply_event(*args, **kwargs)
+
+    monkeypatch.setattr(segment_agent, "apply_event", apply_event_failing_once)
+    occurred = wall_ms() - DAY_MS
+    first = purchase("c-err", "e1", "o1", "20", occurred)
+    message = await segment.deliver(PURCHASES, first, key=b"c-err")
+
+    _, letter = one_dead_letter(segment)
+    assert letter["error"].startswith("internal_error: ")
+    assert "boom" in letter["error"]
+    assert letter["source_topic"] == PURCHASES
+    assert letter["offset"] == message.offset
+    assert letter["payload"] == b64(first)
+    assert segment.state("c-err") is None
+    assert (
+        metric(rt, "tierstream_events_rejected_total", topic=PURCHASES, reason="internal_error")
+        == 1
+    )
+
+    # The following event is processed ...
+    await segment.deliver(PURCHASES, purchase("c-next", "e2", "o2", "20", occurred), key=b"c-next")
+    assert segment.state("c-next") is not None
+    # ... and the dead letter's payload, re-published, is used in full.
+    await segment.deliver(PURCHASES, base64.b64decode(letter["payload"]), key=b"c-err")
+    state = segment.state("c-err")
+    assert state is not None and state.frequency() == 1
+    assert [k for k, _ in segment.sent(names.TIER_CHANGES)] == [b"c-next", b"c-err"]
+
+
+async def test_event_whose_output_send_failed_can_be_replayed(segment: SegmentHarness) -> None:
+    calls = itertools.count()
+
+    async def tier_send_failing_once(*args: Any, **kwargs: Any) -> None:
+        if next(calls) == 0:
+            raise RuntimeError("KafkaTimeoutError: metadata not available")
+
+    segment.sends[names.TIER_CHANGES].side_effect = tier_send_failing_once
+    value = purchase("c-send", "e1", "o1", "20", wall_ms() - DAY_MS)
+    await segment.deliver(PURCHASES, value, key=b"c-send")
+    _, letter = one_dead_letter(segment)
+    assert letter["error"].startswith("internal_error: ")
+
+    # The operator re-publishes the dead letter: the change must come out this time.
+    await segment.deliver(PURCHASES, base64.b64decode(letter["payload"]), key=b"c-send")
+    assert segment.sends[names.TIER_CHANGES].await_count == 2
+
+
+# -- segment agent: idempotency, routing, causes, erasure ----------------------------------------
+
+
+async def test_redelivery_changes_nothing(segment: SegmentHarness) -> None:
+    value = purchase("c-dup", "e-dup", "o-dup", "99.99", wall_ms() - DAY_MS)
+    await segment.deliver(PURCHASES, value, key=b"c-dup")
+    stored = segment.runtime.customers.get(b"c-dup")
+    assert stored is not None
+
+    await segment.deliver(PURCHASES, value, key=b"c-dup")  # same event_id, redelivered
+    assert segment.runtime.customers.get(b"c-dup") == stored
+    assert len(segment.sent(names.TIER_CHANGES)) == 1
+    assert len(segment.sent(names.PROFILES)) == 1
+    assert segment.sent(names.DEAD_LETTERS) == []
+    assert metric(segment.runtime, "tierstream_events_consumed_total", topic=PURCHASES) == 2
+
+
+def _customer_and_wrong_partition(customer_id: str) -> tuple[bytes, int, int]:
+    key = customer_id.encode()
+    right = partition_for(key, PARTITIONS)
+    return key, right, (right + 1) % PARTITIONS
+
+
+async def test_misrouted_record_is_forwarded_once_and_not_applied_here(
+    segment: SegmentHarness,
+) -> None:
+    key, right, wrong = _customer_and_wrong_partition("c-mis")
+    value = purchase("c-mis", "e1", "o1", "50", wall_ms() - DAY_MS)
+    message = await segment.deliver(PURCHASES, value, key=key, partition=wrong)
+
+    forwards = segment.sends[PURCHASES].await_args_list
+    assert len(forwards) == 1
+    forwarded_from = f"{PURCHASES}/{wrong}/{message.offset}".encode()
+    assert forwards[0].kwargs == {
+        "key": key,
+        "value": value,
+        "partition": right,
+        "headers": [(names.FORWARDED_HEADER, forwarded_from)],
+    }
+    assert segment.state("c-mis") is None
+    assert segment.sent(names.PROFILES) == []
+    assert segment.sent(names.TIER_CHANGES) == []
+    assert segment.sent(names.DEAD_LETTERS) == []
+    assert metric(segment.runtime, "tierstream_events_forwarded_total", topic=PURCHASES) == 1
+
+    # The forwarded copy arrives on the right partition and is applied there, not forwarded again.
+    await segment.deliver(
+        PURCHASES, value, key=key, partition=right, headers=forwards[0].kwargs["headers"]
+    )
+    assert segment.sends[PURCHASES].await_count == 1
+    state = segment.state("c-mis")
+    assert state is not None and state.frequency() == 1
+    assert len(segment.sent(names.TIER_CHANGES)) == 1
+
+
+async def test_record_without_key_is_forwarded_under_its_customer_id(
+    segment: SegmentHarness,
+) -> None:
+    _, right, wrong = _customer_and_wrong_partition("c-nokey")
+    value = purchase("c-nokey", "e1", "o1", "50", wall_ms() - DAY_MS)
+    await segment.deliver(PURCHASES, value, key=None, partition=wrong)
+    (call,) = segment.sends[PURCHASES].await_args_list
+    assert call.kwargs["key"] == b"c-nokey"
+    assert call.kwargs["partition"] == right
+
+
+async def test_forwarded_record_is_applied_even_if_still_misrouted(
+    segment: SegmentHarness,
+) -> None:
+    key, _, wrong = _customer_and_wrong_partition("c-loop")
+    value = purchase("c-loop", "e1", "o1", "50", wall_ms() - DAY_MS)
+    headers = [(names.FORWARDED_HEADER, f"{PURCHASES}/0/7".encode())]
+    await segment.deliver(PURCHASES, value, key=key, partition=wrong, headers=headers)
+
+    assert segment.sends[PURCHASES].await_count == 0  # no loop
+    assert segment.state("c-loop") is not None
+    assert len(segment.sent(names.PROFILES)) == 1
+    assert metric(segment.runtime, "tierstream_events_forwarded_total", topic=PURCHASES) is None
+
+
+async def test_forwarding_keeps_the_backfill_header(segment: SegmentHarness) -> None:
+    key, right, wrong = _customer_and_wrong_partition("c-fwd-bf")
+    value = purchase("c-fwd-bf", "e1", "o1", "50", wall_ms() - DAY_MS)
+    await segment.deliver(
+        PURCHASES, value, key=key, partition=wrong, headers=[(names.BACKFILL_HEADER, b"1")]
+    )
+    (call,) = segment.sends[PURCHASES].await_args_list
+    headers = dict(call.kwargs["headers"])
+    assert headers[names.BACKFILL_HEADER] == b"1"
+    assert names.FORWARDED_HEADER in headers
+
+    await segment.deliver(
+        PURCHASES, value, key=key, partition=right, headers=call.kwargs["headers"]
+    )
+    ((_, change),) = segment.sent(names.TIER_CHANGES)
+    assert change["cause"] == "backfill"
+
+
+async def test_backfill_header_makes_cause_backfill(segment: SegmentHarness) -> None:
+    rt = segment.runtime
+    value = purchase("c-bf", "e1", "o1", "75", wall_ms() - 30 * DAY_MS)
+    await segment.deliver(
+        PURCHASES, value, key=b"c-bf", headers=[(names.BACKFILL_HEADER, b"replay-2026")]
+    )
+    changes = segment.sent(names.TIER_CHANGES)
+    assert len(changes) == 1
+    assert changes[0][1]["cause"] == "backfill"
+    assert (
+        metric(
+            rt,
+            "tierstream_transitions_total",
+            kind="tier",
+            from_state="None",
+            to_state="potential",
+            cause="backfill",
+        )
+        == 1
+    )
+    # Backfilled history says nothing about live latency.
+    assert metric(rt, "tierstream_processing_latency_seconds_count") == 0
+
+
+async def test_erase_deletes_the_customer_and_sends_a_tombstone(segment: SegmentHarness) -> None:
+    occurred = wall_ms() - 2 * DAY_MS
+    await segment.deliver(PURCHASES, purchase("c-gdpr", "e1", "o1", "60", occurred), key=b"c-gdpr")
+    assert b"c-gdpr" in segment.runtime.customers
+
+    erase = orjson.dumps(
+        {
+            "event_id": "e2",
+            "customer_id": "c-gdpr",
+            "occurred_at": occurred + DAY_MS,
+            "kind": "erase",
+            "channel": "all",
+        }
+    )
+    await segment.deliver(SUPPRESSIONS, erase, key=b"c-gdpr")
+
+    assert segment.runtime.customers.get(b"c-gdpr") is None
+    assert b"c-gdpr" not in segment.runtime.customers
+    profiles = segment.sent(names.PROFILES)
+    assert [k for k, _ in profiles] == [b"c-gdpr", b"c-gdpr"]
+    assert profiles[-1][1] is None  # tombstone
+    assert segment.sends[names.PROFILES].await_args_list[-1].kwargs["value"] is None
+    assert len(segment.sent(names.TIER_CHANGES)) == 1  # only the purchase's
+    assert metric(segment.runtime, "tierstream_customers_erased_total") == 1
+
+
+# -- read-model agent ----------------------------------------------------------------------------
+
+
+def core_profile(rules: Rules, customer_id: str, *orders: tuple[str, int]) -> dict[str, Any]:
+    """A real profile from the pure core for a customer with these (amount, event time) orders."""
+    state = None
+    profile: dict[str, Any] | None = None
+    for index, (amount, at_ms) in enumerate(orders):
+        value = purchase(customer_id, f"{customer_id}-e{index}", f"o{index}", amount, at_ms)
+        event = parse_event(PURCHASES, value, now_ms=wall_ms())
+        result = apply_event(state, event, rules, DEFAULT_PARAMS)
+        state, profile = result.state, result.profile
+    assert profile is not None
+    # As it travels: JSON on the profiles topic and in Redis (tuples come back as lists).
+    travelled: dict[str, Any] = orjson.loads(orjson.dumps(profile))
+    return travelled
+
+
+async def members(client: aioredis.Redis, key: str) -> set[str]:
+    return {m.decode() if isinstance(m, bytes) else m for m in await client.smembers(key)}
+
+
+@dataclass
+class ReadModelHarness:
+    runtime: Runtime
+    agent: Any  # faust AgentTestWrapper
+
+    async def put(self, customer_id: str, profile: dict[str, Any] | None) -> None:
+        value = orjson.dumps(profile) if profile is not None else None
+        # What the segment agent does when it publishes a profile: the backlog counts it.
+        self.runtime.profiles_sent += 1
+        await self.agent.put(value, key=customer_id.encode())
+
+    async def written(self, customer_id: str, profile: dict[str, Any]) -> None:
+        """Wait until `profile` is in Redis and nothing is left to write."""
+        rt = self.runtime
+
+        async def done() -> bool:
+            try:
+                stored = await readmodel.read_profile(rt.redis, customer_id)
+            except (RedisError, OSError):
+                return False
+            return stored == profile and metric(rt, "tierstream_redis_backlog") == 0
+
+        await eventually(done)
+
+
+async def _readmodel(settings: Settings, rules: Rules | None = None) -> tuple[Runtime, Any]:
+    _, runtime = create_app(settings, rules=rules)
+    return runtime, runtime.app.agents[READMODEL]
+
+
+async def test_readmodel_writes_latest_profile_per_customer_and_memberships(
+    tmp_path: Path, redis_url: str
+) -> None:
+    rt, agent = await _readmodel(make_settings(tmp_path, redis_url))
+    day = DAY_MS
+    t0 = wall_ms() - 400 * day
+    big = core_profile(rt.rules, "c1", *[("400", t0 + i * 30 * day) for i in range(7)])
+    once = core_profile(rt.rules, "c2", ("30", t0 + 390 * day))
+    smaller = core_profile(rt.rules, "c1", ("400", t0), ("400", t0 + 10 * day))
+    newcomer = core_profile(rt.rules, "c3", ("70", t0 + 395 * day))
+    assert big["tier"] != smaller["tier"] or big["stage"] != smaller["stage"]
+    try:
+        async with agent.test_context() as tested:
+            model = ReadModelHarness(rt, tested)
+            await model.put("c1", big)
+            await model.put("c2", once)
+            await model.written("c2", once)
+            assert await readmodel.read_profile(rt.redis, "c1") == big
+
+            # A second batch: two updates of c1 (the last wins), c2 erased, c3 new.
+            await model.put("c1", big)
+            await model.put("c1", smaller)
+            await model.put("c2", None)
+            await model.put("c3", newcomer)
+            await model.written("c3", newcomer)
+            assert not tested.crashed
+
+        assert await readmodel.read_profile(rt.redis, "c1") == smaller
+        assert await readmodel.read_profile(rt.redis, "c2") is None
+        assert await readmodel.read_profile(rt.redis, "c3") == newcomer
+
+        counts = await readmodel.read_counts(rt.redis)
+        expected_tiers = {tier: 0 for tier in counts["tiers"]}
+        expected_stages = {stage: 0 for stage in counts["stages"]}
+        for profile in (smaller, newcomer):
+            expected_tiers[profile["tier"]] += 1
+            expected_stages[profile["stage"]] += 1
+        assert counts == {"tiers": expected_tiers, "stages": expected_stages}
+        for tier in counts["tiers"]:
+            expected = {p["customer_id"] for p in (smaller, newcomer) if p["tier"] == tier}
+            assert await members(rt.redis, readmodel.tier_key(tier)) == expected
+        for stage in counts["stages"]:
+            expected = {p["customer_id"] for p in (smaller, newcomer) if p["stage"] == stage}
+            assert await members(rt.redis, readmodel.stage_key(stage)) == expected
+        assert metric(rt, "tierstream_redis_write_failures_total") == 0
+    finally:
+        await rt.redis.aclose()
+
+
+async def test_write_with_retry_survives_redis_refusing_connections(
+    tmp_path: Path, redis_url: str
+) -> None:
+    rt, _ = await _readmodel(make_settings(tmp_path, closed_redis_url()))
+    refused = rt.redis
+    profile = core_profile(rt.rules, "c-retry", ("80", wall_ms() - DAY_MS))
+    rt.profiles_sent += 1  # as the segment agent counts a published profile
+    writer = asyncio.create_task(readmodel_agent.write_with_retry(rt, {"c-retry": profile}, 1))
+    try:
+
+        async def failed_once() -> bool:
+            return (metric(rt, "tierstream_redis_write_failures_total") or 0) >= 1
+
+        await eventually(failed_once)
+        assert not writer.done()
+        assert metric(rt, "tierstream_redis_backlog") == 1
+
+        rt.redis = readmodel.connect(redis_url)  # Redis is back
+        await asyncio.wait_for(writer, timeout=GUARD_SECONDS)
+
+        assert await readmodel.read_profile(rt.redis, "c-retry") == profile
+        assert metric(rt, "tierstream_redis_backlog") == 0
+        assert (metric(rt, "tierstream_redis_write_failures_total") or 0) >= 1
+    finally:
+        writer.cancel()
+        await refused.aclose()
+        await rt.redis.aclose()
+
+
+async def test_readmodel_agent_lags_while_redis_is_down_then_catches_up(
+    tmp_path: Path, redis_url: str
+) -> None:
+    rt, agent = await _readmodel(make_settings(tmp_path, closed_redis_url()))
+    refused = rt.redis
+    first = core_profile(rt.rules, "c-down", ("80", wall_ms() - 2 * DAY_MS))
+    try:
+        async with agent.test_context() as tested:
+            model = ReadModelHarness(rt, tested)
+            await model.put("c-down", first)
+
+            async def failing() -> bool:
+                return (metric(rt, "tierstream_redis_write_failures_total") or 0) >= 1
+
+            await eventually(failing)
+            assert metric(rt, "tierstream_redis_backlog") == 1
+            assert not tested.crashed
+
+            rt.redis = readmodel.connect(redis_url)
+            await model.written("c-down", first)
+            assert not tested.crashed
+    finally:
+        await refused.aclose()
+        await rt.redis.aclose()
+
+
+CUSTOM_RULES = """
+rules_version = "gold-silver-1"
+
+[[tiers]]
+name = "gold"
+[tiers.when]
+monetary_ge = 100
+
+[[tiers]]
+name = "silver"
+"""
+
+
+async def test_readmodel_memberships_follow_custom_tier_names(
+    tmp_path: Path, redis_url: str
+) -> None:
+    rules = parse_rules_text(CUSTOM_RULES, fmt="toml")
+    rt, agent = await _readmodel(make_settings(tmp_path, redis_url), rules=rules)
+    t0 = wall_ms() - 20 * DAY_MS
+    gold = core_profile(rules, "c-g", ("150", t0))
+    assert gold["tier"] == "gold"
+    silver = {**gold, "tier": "silver"}  # e.g. after a refund or a rules change
+    try:
+        async with agent.test_context() as tested:
+            model = ReadModelHarness(rt, tested)
+            await model.put("c-g", gold)
+            await model.written("c-g", gold)
+            await model.put("c-g", silver)
+            await model.written("c-g", silver)
+        assert await members(rt.redis, readmodel.tier_key("gold")) == set()
+        assert await members(rt.redis, readmodel.tier_key("silver")) == {"c-g"}
+    finally:
+        await rt.redis.aclose()
+
+
+async def test_redis_tls_setting_gives_a_tls_client(tmp_path: Path) -> None:
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_text("not used before connecting\n")
+    settings = make_settings(
+        tmp_path,
+        closed_redis_url(),
+        TIERSTREAM_REDIS_TLS="true",
+        TIERSTREAM_REDIS_CA_FILE=str(ca_file),
+    )
+    _, rt = create_app(settings)
+    try:
+        connection_class = rt.redis.connection_pool.connection_class
+        assert connection_class is aioredis.SSLConnection
+    finally:
+        await rt.redis.aclose()

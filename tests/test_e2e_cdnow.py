@@ -1,0 +1,118 @@
+"""The acceptance test of the core issue: replay the CDNOW purchase history (plus generated
+engagement) through the embedded broker and a real worker, and compare every customer's profile
+with a batch computation written separately with pandas over the same file."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pandas as pd
+import pytest
+import redis
+
+from streams import datasets, readmodel
+from streams.demo import read_profiles
+from streams.embedded import EmbeddedStack
+from tests.e2e_support import fresh_stack, send, start_worker, wait_consumed
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def batch_reference(engagement: list[tuple[str, dict[str, Any]]]) -> pd.DataFrame:
+    """Independent of the streaming code: read the raw file with pandas, aggregate per customer."""
+    raw = pd.read_csv(
+        datasets.cdnow_path(),
+        sep=r"\s+",
+        header=None,
+        names=["customer_id", "date", "cds", "amount"],
+        dtype={"customer_id": str, "date": str},
+        skiprows=1,
+    )
+    raw["day"] = pd.to_datetime(raw["date"], format="%Y%m%d")
+    raw["cents"] = (raw["amount"] * 100).round().astype("int64")
+    per = raw.groupby("customer_id").agg(
+        frequency=("cents", "size"),
+        cents=("cents", "sum"),
+        first=("day", "min"),
+        last=("day", "max"),
+        days=("day", "nunique"),
+    )
+    # The customer's clock is the latest event time the worker saw for them (any topic).
+    eng = pd.DataFrame(
+        [(e["customer_id"], e["occurred_at"]) for _, e in engagement], columns=["customer_id", "at"]
+    )
+    eng["at"] = pd.to_datetime(eng["at"], utc=True, format="ISO8601").dt.tz_localize(None)
+    last_seen = eng.groupby("customer_id")["at"].max()
+    purchase_time = per["last"] + pd.Timedelta(hours=12)  # the replay stamps noon UTC
+    as_of = pd.concat([purchase_time, last_seen.reindex(per.index)], axis=1).max(axis=1)
+    per["x"] = per["days"] - 1
+    per["t_x"] = (per["last"] - per["first"]).dt.days
+    per["T"] = (as_of.dt.normalize() - per["first"]).dt.days
+    return per
+
+
+@pytest.fixture(scope="module")
+def replay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EmbeddedStack, list, list]]:
+    purchases = datasets.time_ordered(datasets.cdnow_purchases())
+    engagement = datasets.generate_engagement(purchases, seed=7)
+    events = datasets.merge_by_time([("purchases", e) for e in purchases], engagement)
+    with fresh_stack() as stack:
+        worker = start_worker(stack, tmp_path_factory.mktemp("cdnow"), "worker")
+        try:
+            send(stack, events, backfill=True)
+            wait_consumed(worker, len(events), timeout=1800)
+            yield stack, engagement, read_profiles(stack.redis_url)
+        finally:
+            worker.stop()
+
+
+def test_every_profile_matches_the_batch_computation(
+    replay: tuple[EmbeddedStack, list, list],
+) -> None:
+    _, engagement, profiles = replay
+    reference = batch_reference(engagement)
+    streamed = {p["customer_id"]: p for p in profiles if p["rfm"]["frequency"]}
+    assert len(reference) == 23_570
+    assert set(streamed) == set(reference.index)
+    mismatches = []
+    for cid, row in reference.iterrows():
+        p = streamed[cid]
+        got = (
+            p["rfm"]["frequency"],
+            round(p["rfm"]["monetary"] * 100),
+            p["first_purchase_at"][:10],
+            p["last_purchase_at"][:10],
+            p["btyd"]["x"],
+            p["btyd"]["t_x"],
+            p["btyd"]["T"],
+        )
+        want = (
+            int(row["frequency"]),
+            int(row["cents"]),
+            row["first"].strftime("%Y-%m-%d"),
+            row["last"].strftime("%Y-%m-%d"),
+            int(row["x"]),
+            int(row["t_x"]),
+            int(row["T"]),
+        )
+        if got != want:
+            mismatches.append((cid, got, want))
+    assert not mismatches, f"{len(mismatches)} customers differ, e.g. {mismatches[:5]}"
+
+
+def test_redis_holds_every_customer(replay: tuple[EmbeddedStack, list, list]) -> None:
+    stack, engagement, profiles = replay
+    customers = {e["customer_id"] for _, e in engagement} | set(batch_reference(engagement).index)
+    assert {p["customer_id"] for p in profiles} == customers
+    client = redis.Redis.from_url(stack.redis_url)
+    try:
+        tiers = sum(
+            client.scard(readmodel.tier_key(t)) for t in ("vip", "active", "potential", "ordinary")
+        )
+        assert tiers == len(customers)
+        sample = orjson.loads(client.get(readmodel.customer_key("07592")))
+        assert sample["rfm"]["monetary"] == 13_990.93
+    finally:
+        client.close()
