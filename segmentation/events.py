@@ -7,6 +7,8 @@ metric label) and a detail a person can act on; the glue sends those to `dead-le
 from __future__ import annotations
 
 import math
+import re
+import unicodedata
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any, Final
@@ -44,6 +46,9 @@ MAX_AMOUNT: Final = Decimal("1000000000")
 # Event times before this are a producer bug (epoch zero, seconds sent as ms...), not history.
 MIN_EVENT_TIME_MS: Final = 631_152_000_000  # 1990-01-01T00:00:00Z
 DEFAULT_MAX_FUTURE_MS: Final = DAY_MS
+_DECIMAL_TEXT: Final = re.compile(
+    r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +99,7 @@ def _identifier(doc: dict[str, Any], field: str, *, required: bool = True) -> st
         raise InvalidEvent(
             "invalid_value", f"field '{field}' must be 1 to {MAX_ID_LENGTH} characters long"
         )
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+    if any(unicodedata.category(ch) == "Cc" for ch in value):
         raise InvalidEvent("invalid_value", f"field '{field}' contains control characters")
     return value
 
@@ -136,8 +141,11 @@ def _amount_cents(doc: dict[str, Any]) -> int:
         raise InvalidEvent("wrong_type", "field 'amount' must be a decimal number or string")
     if isinstance(value, float) and not math.isfinite(value):
         raise InvalidEvent("invalid_amount", "field 'amount' must be finite")
+    text = str(value).strip()
+    if isinstance(value, str) and not _DECIMAL_TEXT.fullmatch(text):
+        raise InvalidEvent("invalid_amount", f"'amount' {text[:40]!r} is not a decimal number")
     try:
-        amount = Decimal(str(value).strip())
+        amount = Decimal(text)
     except InvalidOperation:
         raise InvalidEvent(
             "invalid_amount", f"'amount' {str(value)[:40]!r} is not a number"
@@ -160,13 +168,15 @@ def _timezone(doc: dict[str, Any]) -> str | None:
         return None
     try:
         ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         return None
     return value
 
 
 def _choice(doc: dict[str, Any], field: str, allowed: frozenset[str], default: str | None) -> str:
-    value = doc.get(field, default)
+    value = doc.get(field)
+    if value is None:
+        value = default
     if value is None:
         raise InvalidEvent("missing_field", f"field '{field}' is required")
     if not isinstance(value, str):

@@ -72,9 +72,12 @@ def decide_stage(
             churned_days,
             next_boundary,
         )
-    if len(purchase_times_ms) >= 2:
-        gap_days = (last - purchase_times_ms[-2]) / DAY_MS
-        if last - purchase_times_ms[-2] >= int(churned_days * DAY_MS):
+    last_day = last // DAY_MS
+    earlier = [t for t in purchase_times_ms if t // DAY_MS < last_day]
+    if earlier:
+        returned_at = min(t for t in purchase_times_ms if t // DAY_MS == last_day)
+        gap_days = (returned_at - earlier[-1]) / DAY_MS
+        if returned_at - earlier[-1] >= int(churned_days * DAY_MS):
             return StageDecision(
                 "reactivated",
                 f"bought again after {gap_days:.1f} days away (churned after {churned_days:g})",

@@ -47,6 +47,8 @@ def fm_score(f: int, m: int) -> int:
 
 
 def segment_of(r: int, f: int, m: int) -> str:
+    if not all(1 <= s <= 5 for s in (r, f, m)):
+        raise ValueError(f"scores out of range: r={r} f={f} m={m}")
     fm = fm_score(f, m)
     for name, holds in SEGMENT_PRIORITY:
         if holds(r, f, fm):

@@ -209,6 +209,7 @@ def _condition(key: str, value: Any, where: str) -> Condition:
         if not isinstance(value, list):
             raise RulesError(f"{where}: '{key}' needs a list")
         value = tuple(value)
+    _check_value_type(feature, op, key, value, where)
     return Condition(feature, op, value)
 
 
@@ -228,9 +229,39 @@ def _rules(raw: Any, where: str) -> tuple[Rule, ...]:
     return tuple(out)
 
 
+def _table(doc: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
+    value = doc.get(key, {})
+    if not isinstance(value, dict):
+        raise RulesError(f"{where}{key} must be a table, got {value!r}")
+    return value
+
+
+NUMERIC_FEATURES: Final = FEATURES - {"segment", "engagement_level", "stage", "wechat_following"}
+
+
+def _check_value_type(feature: str, op: str, key: str, value: Any, where: str) -> None:
+    kind = (
+        "number"
+        if feature in NUMERIC_FEATURES
+        else "boolean"
+        if feature == "wechat_following"
+        else "string"
+    )
+    if op in ("lt", "le", "gt", "ge") and kind != "number":
+        raise RulesError(f"{where}: '{key}' compares a {kind} feature by order")
+    items = value if op in ("in", "not_in") else (value,)
+    ok = {
+        "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+        "boolean": lambda v: isinstance(v, bool),
+        "string": lambda v: isinstance(v, str),
+    }[kind]
+    if not all(ok(v) for v in items):
+        raise RulesError(f"{where}: '{key}' needs {kind} values, got {value!r}")
+
+
 def parse_rules(doc: Mapping[str, Any], *, fallback_version: str) -> Rules:
     """Validate a parsed rules document; RulesError names the bad key."""
-    scoring_raw = doc.get("scoring", {})
+    scoring_raw = _table(doc, "scoring", "")
     method = scoring_raw.get("method", "fixed")
     if method not in ("fixed", "quantile"):
         raise RulesError(f"scoring.method must be 'fixed' or 'quantile', got {method!r}")
@@ -241,8 +272,8 @@ def parse_rules(doc: Mapping[str, Any], *, fallback_version: str) -> Rules:
         monetary=_thresholds(scoring_raw, "monetary", [25, 60, 150, 500]),
         hysteresis=_number(scoring_raw, "hysteresis", "scoring", 0.05),
     )
-    eng_raw = doc.get("engagement", {})
-    weights_raw = eng_raw.get("weights", {})
+    eng_raw = _table(doc, "engagement", "")
+    weights_raw = _table(eng_raw, "weights", "engagement.")
     weights = {k: _number(weights_raw, k, "engagement.weights") for k in weights_raw}
     engagement = Engagement(
         half_life_days=_number(eng_raw, "half_life_days", "engagement", 30),
@@ -254,7 +285,7 @@ def parse_rules(doc: Mapping[str, Any], *, fallback_version: str) -> Rules:
         raise RulesError("engagement.half_life_days must be positive")
     if engagement.medium > engagement.high:
         raise RulesError("engagement.medium must not exceed engagement.high")
-    life_raw = doc.get("lifecycle", {})
+    life_raw = _table(doc, "lifecycle", "")
     lifecycle = Lifecycle(
         at_risk_after_days=_number(life_raw, "at_risk_after_days", "lifecycle", 90),
         churned_after_days=_number(life_raw, "churned_after_days", "lifecycle", 180),
@@ -273,7 +304,7 @@ def parse_rules(doc: Mapping[str, Any], *, fallback_version: str) -> Rules:
         raise RulesError(
             "lifecycle.at_risk_after_days must be positive and below churned_after_days"
         )
-    churn_raw = doc.get("churn", {})
+    churn_raw = _table(doc, "churn", "")
     churn = Churn(
         p_alive_below=_number(churn_raw, "p_alive_below", "churn", 0.3),
         gap_multiple=_number(churn_raw, "gap_multiple", "churn", 3.0),

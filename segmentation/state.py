@@ -31,7 +31,11 @@ class Order:
 
     at_ms: int
     cents: int
-    refunded_cents: int = 0
+    refunds: dict[int, int] = field(default_factory=dict)  # refund event digest -> cents
+
+    @property
+    def refunded_cents(self) -> int:
+        return sum(self.refunds.values())
 
     @property
     def counted(self) -> bool:
@@ -53,6 +57,7 @@ class CustomerState:
     )
     suppressions: dict[str, tuple[int, bool]] = field(default_factory=dict)  # channel -> (time, on)
     timezone: str | None = None
+    timezone_at_ms: int = NO_TIME
     seen: list[int] = field(default_factory=list)
     as_of_ms: int = NO_TIME
     # What was last published, to detect changes.
@@ -85,7 +90,10 @@ class CustomerState:
     def to_dict(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
             "id": self.customer_id,
-            "o": {k: [o.at_ms, o.cents, o.refunded_cents] for k, o in self.orders.items()},
+            "o": {
+                k: [o.at_ms, o.cents, [[d, c] for d, c in o.refunds.items()]]
+                for k, o in self.orders.items()
+            },
             "s": self.seen,
             "t": self.as_of_ms,
         }
@@ -101,7 +109,7 @@ class CustomerState:
         if self.suppressions:
             doc["u"] = {k: list(v) for k, v in self.suppressions.items()}
         if self.timezone:
-            doc["z"] = self.timezone
+            doc["z"] = [self.timezone, self.timezone_at_ms]
         if self.tier is not None:
             doc["p"] = [self.tier, self.stage, self.rules_version, list(self.scores or ())]
         if self.extra:
@@ -111,7 +119,9 @@ class CustomerState:
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> CustomerState:
         state = cls(customer_id=doc["id"])
-        state.orders = {k: Order(v[0], v[1], v[2]) for k, v in doc.get("o", {}).items()}
+        state.orders = {
+            k: Order(v[0], v[1], {d: c for d, c in v[2]}) for k, v in doc.get("o", {}).items()
+        }
         state.seen = list(doc.get("s", []))
         state.as_of_ms = doc.get("t", NO_TIME)
         if "e" in doc:
@@ -121,7 +131,8 @@ class CustomerState:
         if "w" in doc:
             state.wechat_follow = (int(doc["w"][0]), bool(doc["w"][1]))
         state.suppressions = {k: (int(v[0]), bool(v[1])) for k, v in doc.get("u", {}).items()}
-        state.timezone = doc.get("z")
+        if "z" in doc:
+            state.timezone, state.timezone_at_ms = doc["z"][0], int(doc["z"][1])
         if "p" in doc:
             tier, stage, version, scores = doc["p"]
             state.tier, state.stage, state.rules_version = tier, stage, version

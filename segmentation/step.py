@@ -39,11 +39,16 @@ class StepResult:
 
 
 def change_id(
-    customer_id: str, prev: tuple[Any, Any], new: tuple[Any, Any], at_ms: int, rules_version: str
+    customer_id: str,
+    prev: tuple[Any, Any],
+    new: tuple[Any, Any],
+    at_ms: int,
+    rules_version: str,
+    trigger: str | None = None,
 ) -> str:
     """Deterministic: the same transition at the same event time under the same rules has the same
     id in every replay and after every redelivery, so consumers can deduplicate on it."""
-    parts = (customer_id, prev[0], prev[1], new[0], new[1], at_ms, rules_version)
+    parts = (customer_id, prev[0], prev[1], new[0], new[1], at_ms, rules_version, trigger)
     text = "\x1f".join(str(p) for p in parts)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
@@ -54,13 +59,16 @@ def _apply_purchase(state: CustomerState, ev: InputEvent) -> None:
     if ev.kind == "purchase":
         if order is None:
             state.orders[ev.order_id] = Order(ev.occurred_ms, ev.amount_cents)
-        elif order.at_ms == NO_TIME:  # its refund arrived first
+        elif order.at_ms == NO_TIME or (ev.occurred_ms, ev.amount_cents) < (
+            order.at_ms,
+            order.cents,
+        ):  # its refund arrived first, or a republished order: the earliest version wins
             order.at_ms, order.cents = ev.occurred_ms, ev.amount_cents
         # else: the same order published again under another event id: counted once.
-    elif order is None:
-        state.orders[ev.order_id] = Order(NO_TIME, 0, ev.amount_cents)
     else:
-        order.refunded_cents += ev.amount_cents
+        if order is None:
+            order = state.orders[ev.order_id] = Order(NO_TIME, 0)
+        order.refunds.setdefault(event_digest(ev.event_id), ev.amount_cents)
 
 
 def _engagement_weight(ev: InputEvent, rules: Rules) -> tuple[str, float]:
@@ -91,7 +99,7 @@ def _apply_engagement(state: CustomerState, ev: InputEvent, rules: Rules) -> Non
     state.engagement_events += 1
     if ev.topic == WECHAT and ev.kind in ("follow", "unfollow"):
         following = ev.kind == "follow"
-        if state.wechat_follow is None or at >= state.wechat_follow[0]:
+        if state.wechat_follow is None or (at, following) >= state.wechat_follow:
             state.wechat_follow = (at, following)
 
 
@@ -100,7 +108,7 @@ def _apply_suppression(state: CustomerState, ev: InputEvent) -> None:
     on = ev.kind in ("unsubscribe", "complaint")
     current = state.suppressions.get(ev.channel)
     # Latest by event time wins, so a late resubscribe does not undo a newer unsubscribe.
-    if current is None or ev.occurred_ms >= current[0]:
+    if current is None or (ev.occurred_ms, on) >= current:
         state.suppressions[ev.channel] = (ev.occurred_ms, on)
 
 
@@ -115,7 +123,12 @@ def change_message(
     f = ev.features
     return {
         "change_id": change_id(
-            state.customer_id, previous, (ev.tier, ev.stage.stage), ev.as_of_ms, rules.version
+            state.customer_id,
+            previous,
+            (ev.tier, ev.stage.stage),
+            ev.as_of_ms,
+            rules.version,
+            trigger_event_id or cause,
         ),
         "customer_id": state.customer_id,
         "previous_tier": previous[0],
@@ -190,7 +203,10 @@ def apply_event(
         _apply_suppression(state, ev)
     else:
         _apply_engagement(state, ev, rules)
-    if ev.timezone:
-        state.timezone = ev.timezone
+    if ev.timezone and (ev.occurred_ms, ev.timezone) >= (
+        state.timezone_at_ms,
+        state.timezone or "",
+    ):
+        state.timezone, state.timezone_at_ms = ev.timezone, ev.occurred_ms
     state.remember(digest)
     return reevaluate(state, rules, params, ev.occurred_ms, cause, ev.event_id)
