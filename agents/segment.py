@@ -1,9 +1,15 @@
 """The state-owning agent: decode, call the pure core, write the customer's one state record,
-publish what changed. Nothing in here decides a tier or a stage."""
+publish what changed. Nothing in here decides a tier, a stage or a campaign.
+
+It also runs the partition clock: every input record first advances its partition's clock to
+its event time (ticks carry wall time in live mode), which re-evaluates exactly the customers
+whose next boundary passed, at the boundary's own instant.
+"""
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 import time
 from typing import Any
@@ -12,15 +18,26 @@ import faust
 import orjson
 
 from segmentation.errors import InvalidEvent
-from segmentation.events import InputEvent, parse_event
-from segmentation.state import CustomerState
-from segmentation.step import StepResult, apply_event
-from segmentation.timeutil import to_rfc3339
+from segmentation.events import SUPPRESSIONS, InputEvent, parse_event
+from segmentation.state import NO_TIME, CustomerState
+from segmentation.step import StepResult, apply_event, reevaluate
+from segmentation.timeutil import HOUR_MS, to_rfc3339
 from streams import topics as names
 from streams.app import Runtime
 from streams.partitioning import partition_for
 
 log = logging.getLogger("tierstream.segment")
+
+# Reserved table keys (customer ids cannot hold control characters, so these never collide).
+CLOCK_KEY = b"\x00clock:%d"
+ERASED_PREFIX = b"\x00erased:"
+
+
+def erased_key(customer_id: str) -> bytes:
+    """The marker an erasure leaves: a digest, so the id itself is not kept."""
+    return (
+        ERASED_PREFIX + hashlib.blake2b(customer_id.encode(), digest_size=16).hexdigest().encode()
+    )
 
 
 def _header(headers: Any, name: str) -> bytes | None:
@@ -39,6 +56,7 @@ class SegmentProcessor:
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
 
+    # -- bad input ---------------------------------------------------------------------------
     async def dead_letter(
         self, message: Any, value: bytes | None, reason: str, detail: str
     ) -> None:
@@ -73,12 +91,8 @@ class SegmentProcessor:
                 message.partition,
             )
             return False
-        headers = [
-            (
-                names.FORWARDED_HEADER,
-                f"{message.topic}/{message.partition}/{message.offset}".encode(),
-            )
-        ]
+        origin = f"{message.topic}/{message.partition}/{message.offset}".encode()
+        headers = [(names.FORWARDED_HEADER, origin)]
         backfill = _header(message.headers, names.BACKFILL_HEADER)
         if backfill is not None:
             headers.append((names.BACKFILL_HEADER, backfill))
@@ -88,9 +102,14 @@ class SegmentProcessor:
         self.rt.metrics.events_forwarded.labels(topic=message.topic).inc()
         return True
 
+    # -- records -----------------------------------------------------------------------------
     async def handle(self, message: Any, value: bytes | None) -> None:
         rt = self.rt
         topic = message.topic
+        backfill = _header(message.headers, names.BACKFILL_HEADER) is not None
+        if topic == names.TICKS:
+            await self.handle_tick(message.partition, value, backfill)
+            return
         rt.metrics.events_consumed.labels(topic=topic).inc()
         if value is None:
             await self.dead_letter(
@@ -110,57 +129,168 @@ class SegmentProcessor:
             return
         if await self.forward_if_misrouted(message, value, event.customer_id):
             return
-        cause = (
-            "backfill" if _header(message.headers, names.BACKFILL_HEADER) is not None else "event"
-        )
-        await self.apply(event, cause)
+        cause = "backfill" if backfill else "event"
+        await self.advance(message.partition, event.occurred_ms, "backfill" if backfill else "time")
+        await self.apply(event, cause, message.partition)
 
-    async def apply(self, event: InputEvent, cause: str) -> StepResult:
+    async def handle_tick(self, partition: int, value: bytes | None, backfill: bool) -> None:
+        """A tick moves the clock: `{"t": ms, "live": true}` from the live-mode timer (wall
+        time), `{"t": ms}` from `tierstream advance` (an explicit event time)."""
+        try:
+            doc = orjson.loads(value or b"{}")
+            at_ms, live = int(doc["t"]), bool(doc.get("live", False))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            log.warning("ignoring a malformed tick on partition %d", partition)
+            return
+        await self.advance(partition, at_ms, "backfill" if backfill else "time", live=live)
+
+    # -- the clock ---------------------------------------------------------------------------
+    def _ensure_index(self, partition: int) -> None:
+        """Rebuild the partition's due index from its table partition (after an assignment)."""
+        rt = self.rt
+        if rt.due.built(partition):
+            return
+        started = time.monotonic()
+        entries = []
+        for key, raw in rt.customers.items():
+            if key.startswith(b"\x00") or raw is None:
+                continue
+            if partition_for(key, rt.settings.partitions) != partition:
+                continue
+            due = orjson.loads(raw).get("d")
+            if due is not None:
+                entries.append((int(due), key.decode()))
+        rt.due.build(partition, entries)
+        stored = rt.customers.get(CLOCK_KEY % partition)
+        clock = int(stored) if stored is not None else NO_TIME
+        rt.clocks[partition] = max(rt.clocks.get(partition, NO_TIME), clock)
+        rt.clock_persisted[partition] = clock
+        log.info(
+            "partition %d: due index rebuilt with %d customers in %.2fs, clock at %s",
+            partition,
+            len(entries),
+            time.monotonic() - started,
+            to_rfc3339(clock) if clock != NO_TIME else "-",
+        )
+
+    async def advance(self, partition: int, at_ms: int, cause: str, *, live: bool = False) -> None:
+        """Move the partition's clock to `at_ms` and re-evaluate every customer whose next
+        boundary is at or before it, each at its boundary's own instant."""
+        rt = self.rt
+        self._ensure_index(partition)
+        if at_ms <= rt.clocks.get(partition, NO_TIME):
+            return
+        rt.clocks[partition] = at_ms
+        while (entry := rt.due.pop_due(partition, at_ms)) is not None:
+            due_ms, customer_id = entry
+            key = customer_id.encode()
+            raw = rt.customers.get(key)
+            if raw is None:
+                continue  # erased since it was scheduled
+            state = CustomerState.from_bytes(raw)
+            if state.next_due_ms != due_ms:
+                continue  # rescheduled by a later event: a stale heap entry
+            result = reevaluate(
+                state, rt.rules, rt.params, due_ms, cause, None, rt.policy_for(cause)
+            )
+            await self.publish(key, result, partition, cause)
+            if live and result.changes:
+                rt.metrics.time_transition_lag.observe(max(0.0, (rt.now_ms() - due_ms) / 1000))
+        # The clock is persisted now and then, not per record: a stale clock after a restart is
+        # re-advanced by the records replayed from the committed offsets.
+        if at_ms - rt.clock_persisted.get(partition, NO_TIME) >= HOUR_MS or live:
+            rt.customers[CLOCK_KEY % partition] = str(at_ms).encode()
+            rt.clock_persisted[partition] = at_ms
+
+    # -- state and outputs -------------------------------------------------------------------
+    async def apply(self, event: InputEvent, cause: str, partition: int) -> StepResult | None:
         rt = self.rt
         key = event.customer_id.encode()
+        if rt.customers.get(erased_key(event.customer_id)) is not None:
+            # Erased on request: nothing about this customer is kept or published again.
+            rt.metrics.events_ignored.labels(topic=event.topic, reason="erased").inc()
+            return None
         raw = rt.customers.get(key)
         state = CustomerState.from_bytes(raw) if raw is not None else None
-        result = apply_event(state, event, rt.rules, rt.params, cause=cause)
+        if event.topic == SUPPRESSIONS and event.kind == "erase":
+            await self.erase(key, event, raw is not None)
+            return None
+        result = apply_event(
+            state,
+            event,
+            rt.rules,
+            rt.params,
+            cause=cause,
+            as_of_ms=rt.clocks.get(partition, NO_TIME),
+            policy=rt.policy_for(cause),
+        )
         if result.duplicate:
+            rt.metrics.events_ignored.labels(topic=event.topic, reason="duplicate").inc()
             return result
-        if result.erased:
-            if raw is not None:
-                del rt.customers[key]
-            await rt.out[names.PROFILES].send(key=key, value=None)
-            rt.profiles_sent += 1
-            rt.metrics.customers_erased.inc()
-            return result
+        await self.publish(key, result, partition, cause, event.occurred_ms)
+        return result
+
+    async def erase(self, key: bytes, event: InputEvent, existed: bool) -> None:
+        rt = self.rt
+        if existed:
+            del rt.customers[key]
+        rt.customers[erased_key(event.customer_id)] = str(event.occurred_ms).encode()
+        await rt.out[names.PROFILES].send(key=key, value=None)
+        rt.profiles_sent += 1
+        rt.metrics.customers_erased.inc()
+
+    async def publish(
+        self,
+        key: bytes,
+        result: StepResult,
+        partition: int,
+        cause: str,
+        event_ms: int | None = None,
+    ) -> None:
+        """Send the profile and every change, trigger and warning; then write the state (last:
+        if a send fails the record is dead-lettered and, its event id not yet remembered, a
+        replay of the dead letter applies it again; the output ids deduplicate)."""
+        rt = self.rt
+        m = rt.metrics
         assert result.state is not None
         await rt.out[names.PROFILES].send(key=key, value=orjson.dumps(result.profile))
         rt.profiles_sent += 1
-        emitted_ms = rt.now_ms()
+        emitted = to_rfc3339(rt.now_ms())
         for change in result.changes:
-            change["emitted_at"] = to_rfc3339(emitted_ms)
+            change["emitted_at"] = emitted
             await rt.out[names.TIER_CHANGES].send(key=key, value=orjson.dumps(change))
             self._count_transition(change)
-            if cause != "backfill":
-                rt.metrics.processing_latency.observe(
-                    max(0.0, time.time() - event.occurred_ms / 1000)
-                )
-        # State last: if a send above fails the event is dead-lettered and, since its event id
-        # is not yet remembered, a replay of the dead letter applies it (change ids dedupe).
+            if event_ms is not None and cause == "event":
+                m.processing_latency.observe(max(0.0, time.time() - event_ms / 1000))
+        for trigger in result.triggers:
+            await rt.out[names.CAMPAIGN_TRIGGERS].send(key=key, value=orjson.dumps(trigger))
+            m.campaign_triggers.labels(
+                campaign=trigger["campaign"], variant=trigger["variant"]
+            ).inc()
+        for campaign, reason in result.skipped:
+            m.campaign_triggers_suppressed.labels(campaign=campaign, reason=reason).inc()
+        for warning in result.warnings:
+            await rt.out[names.CHURN_WARNINGS].send(key=key, value=orjson.dumps(warning))
+            m.churn_warnings.labels(severity=warning["severity"]).inc()
         rt.customers[key] = result.state.to_bytes()
-        rt.metrics.last_event_time.set(
-            max(rt.metrics.last_event_time._value.get(), event.occurred_ms / 1000)
-        )
-        return result
+        if result.state.next_due_ms is not None:
+            rt.due.push(partition, result.state.next_due_ms, result.state.customer_id)
+        if event_ms is not None:
+            rt.latest_event_ms = max(rt.latest_event_ms, event_ms)
+            m.last_event_time.set(rt.latest_event_ms / 1000)
 
     def _count_transition(self, change: dict[str, Any]) -> None:
         m = self.rt.metrics.transitions
         cause = change["cause"]
         if change["previous_tier"] != change["tier"]:
-            m.labels("tier", str(change["previous_tier"]), change["tier"], cause).inc()
+            m.labels("tier", str(change["previous_tier"] or "none"), change["tier"], cause).inc()
         if change["previous_stage"] != change["stage"]:
-            m.labels("stage", str(change["previous_stage"]), change["stage"], cause).inc()
+            m.labels("stage", str(change["previous_stage"] or "none"), change["stage"], cause).inc()
 
 
 def register_segment_agent(runtime: Runtime) -> faust.types.AgentT:
     processor = SegmentProcessor(runtime)
+    runtime.processor = processor
 
     async def segment(stream: faust.StreamT) -> None:
         async for event in stream.events():
@@ -186,5 +316,23 @@ def register_segment_agent(runtime: Runtime) -> faust.types.AgentT:
                         message.offset,
                     )
 
-    runtime.processor = processor
+    async def on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
+        # Another worker may own these partitions now; rebuild from the table when they return.
+        runtime.due.drop({tp.partition for tp in revoked})
+
+    runtime.app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
+
+    if runtime.settings.live_clock:
+
+        @runtime.app.timer(interval=runtime.settings.tick_seconds)
+        async def tick() -> None:
+            """Live mode: a tick per owned partition carries wall time through the stream (a
+            timer may not write tables, the agent may)."""
+            now = orjson.dumps({"t": runtime.now_ms(), "live": True})
+            owned = {
+                tp.partition for tp in runtime.app.consumer.assignment() if tp.topic == names.TICKS
+            }
+            for partition in sorted(owned):
+                await runtime.out[names.TICKS].send(key=None, value=now, partition=partition)
+
     return runtime.app.agent(runtime.inputs, name="tierstream.segment")(segment)

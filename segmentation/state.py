@@ -65,6 +65,12 @@ class CustomerState:
     stage: str | None = None
     rules_version: str | None = None
     scores: tuple[int, int, int] | None = None
+    engagement_level: str | None = None
+    # The clock re-evaluates the customer at this event time (None: nothing can change by time).
+    next_due_ms: int | None = None
+    # The last purchase time of the episode a churn warning was published for (once per episode).
+    churn_warned_for: int | None = None
+    campaigns: dict[str, Any] = field(default_factory=dict)  # CampaignState.to_dict()
     extra: dict[str, Any] = field(default_factory=dict)
 
     def has_seen(self, digest: int) -> bool:
@@ -111,7 +117,19 @@ class CustomerState:
         if self.timezone:
             doc["z"] = [self.timezone, self.timezone_at_ms]
         if self.tier is not None:
-            doc["p"] = [self.tier, self.stage, self.rules_version, list(self.scores or ())]
+            doc["p"] = [
+                self.tier,
+                self.stage,
+                self.rules_version,
+                list(self.scores or ()),
+                self.engagement_level,
+            ]
+        if self.next_due_ms is not None:
+            doc["d"] = self.next_due_ms
+        if self.churn_warned_for is not None:
+            doc["k"] = self.churn_warned_for
+        if self.campaigns:
+            doc["c"] = self.campaigns
         if self.extra:
             doc["x"] = self.extra
         return doc
@@ -134,9 +152,13 @@ class CustomerState:
         if "z" in doc:
             state.timezone, state.timezone_at_ms = doc["z"][0], int(doc["z"][1])
         if "p" in doc:
-            tier, stage, version, scores = doc["p"]
+            tier, stage, version, scores, level = doc["p"]
             state.tier, state.stage, state.rules_version = tier, stage, version
             state.scores = (scores[0], scores[1], scores[2]) if len(scores) == 3 else None
+            state.engagement_level = level
+        state.next_due_ms = doc.get("d")
+        state.churn_warned_for = doc.get("k")
+        state.campaigns = dict(doc.get("c", {}))
         state.extra = dict(doc.get("x", {}))
         return state
 

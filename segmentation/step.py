@@ -11,7 +11,16 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from segmentation import engagement as eng
-from segmentation.bgnbd import BgNbdParams
+from segmentation.bgnbd import BgNbdParams, expected_days_between_purchases
+from segmentation.campaigns import (
+    CampaignPolicy,
+    CampaignState,
+    Decision,
+    SuppressionState,
+    Transition,
+    apply_suppression,
+    decide,
+)
 from segmentation.evaluate import Evaluation, evaluate, profile_of
 from segmentation.events import (
     EMAIL_CLICKS,
@@ -22,6 +31,7 @@ from segmentation.events import (
     InputEvent,
 )
 from segmentation.rules import Rules
+from segmentation.schedule import churn_gap_due_ms, next_due_ms
 from segmentation.state import NO_TIME, CustomerState, Order, event_digest
 from segmentation.timeutil import to_rfc3339
 
@@ -32,6 +42,9 @@ CAUSES: Final = ("event", "time", "rules_change", "backfill")
 class StepResult:
     state: CustomerState | None
     changes: list[dict[str, Any]] = field(default_factory=list)
+    triggers: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[dict[str, Any]] = field(default_factory=list)
     profile: dict[str, Any] | None = None
     duplicate: bool = False
     erased: bool = False
@@ -155,6 +168,94 @@ def change_message(
     }
 
 
+def suppression_state(state: CustomerState) -> SuppressionState:
+    """The customer's per-channel suppression for the campaign policy (`all` covers both)."""
+    sup = SuppressionState()
+    for channel, (at_ms, on) in sorted(state.suppressions.items(), key=lambda kv: kv[1]):
+        kind = "unsubscribe" if on else "resubscribe"
+        sup = apply_suppression(sup, kind, channel, at_ms)
+    return sup
+
+
+def churn_warning(
+    state: CustomerState, ev: Evaluation, rules: Rules, params: BgNbdParams
+) -> dict[str, Any] | None:
+    """A churn warning when P(alive) or the purchase gap crosses the configured level, once per
+    episode: not again until the customer buys (a new last purchase starts a new episode)."""
+    f = ev.features
+    last = ev.last_purchase_ms
+    if last is None or f["p_alive"] is None or state.churn_warned_for == last:
+        return None
+    gap_due = churn_gap_due_ms(ev, rules, params)
+    low_p = f["p_alive"] < rules.churn.p_alive_below
+    long_gap = gap_due is not None and ev.as_of_ms >= gap_due
+    if not (low_p or long_gap):
+        return None
+    expected = expected_days_between_purchases(params, f["x"], float(f["t_x"]))
+    critical = ev.stage.stage == "churned" or f["p_alive"] < rules.churn.p_alive_below / 2
+    state.churn_warned_for = last
+    text = f"{state.customer_id}\x1fchurn\x1f{last}"
+    return {
+        "warning_id": hashlib.sha256(text.encode()).hexdigest()[:32],
+        "customer_id": state.customer_id,
+        "p_alive": f["p_alive"],
+        "days_since_last_purchase": f["recency_days"],
+        "expected_days_between_purchases": round(expected, 2),
+        "tier": ev.tier,
+        "stage": ev.stage.stage,
+        "severity": "critical" if critical else "warning",
+        "reason": (
+            f"P(alive) {f['p_alive']:.3f} below {rules.churn.p_alive_below}"
+            if low_p
+            else f"{f['recency_days']} days since the last purchase, over "
+            f"{rules.churn.gap_multiple:g} x the expected {expected:.0f}"
+        ),
+        "occurred_at": to_rfc3339(ev.as_of_ms),
+    }
+
+
+def _campaigns(
+    state: CustomerState,
+    ev: Evaluation,
+    previous: tuple[str | None, str | None, str | None],
+    change: dict[str, Any] | None,
+    cause: str,
+    policy: CampaignPolicy,
+) -> Decision | None:
+    level = ev.features["engagement_level"]
+    if change is None and previous[2] == level:
+        return None
+    # An engagement-level move alone publishes no tier change, but may enter a campaign
+    # (potential + high engagement -> nurture): it gets its own deterministic id.
+    cid = (
+        change["change_id"]
+        if change is not None
+        else change_id(
+            state.customer_id,
+            (previous[0], previous[1]),
+            (ev.tier, ev.stage.stage),
+            ev.as_of_ms,
+            f"engagement:{previous[2]}->{level}",
+        )
+    )
+    transition = Transition(
+        customer_id=state.customer_id,
+        previous_tier=previous[0],
+        tier=ev.tier,
+        previous_stage=previous[1],
+        stage=ev.stage.stage,
+        engagement_level=level,
+        previous_engagement_level=previous[2],
+        occurred_at_ms=ev.as_of_ms,
+        change_id=cid,
+        cause=cause,
+    )
+    campaign_state = CampaignState.from_dict(state.campaigns) if state.campaigns else None
+    decision = decide(transition, campaign_state, suppression_state(state), policy, state.timezone)
+    state.campaigns = decision.state.to_dict()
+    return decision
+
+
 def reevaluate(
     state: CustomerState,
     rules: Rules,
@@ -162,22 +263,34 @@ def reevaluate(
     as_of_ms: int,
     cause: str,
     trigger_event_id: str | None = None,
+    policy: CampaignPolicy | None = None,
 ) -> StepResult:
-    """Evaluate at `as_of_ms`, record the new standing, and describe any change of tier or stage."""
+    """Evaluate at `as_of_ms`; record the new standing and its next boundary; describe any change
+    of tier or stage, the campaigns it fires and any churn warning."""
     state.as_of_ms = max(state.as_of_ms, as_of_ms)
     evaluation = evaluate(state, rules, params, state.as_of_ms)
-    previous = (state.tier, state.stage)
-    changes = []
-    if previous != (evaluation.tier, evaluation.stage.stage):
-        changes.append(change_message(state, evaluation, previous, cause, rules, trigger_event_id))
+    previous = (state.tier, state.stage, state.engagement_level)
+    result = StepResult(state=state, evaluation=evaluation)
+    change = None
+    if (previous[0], previous[1]) != (evaluation.tier, evaluation.stage.stage):
+        change = change_message(
+            state, evaluation, (previous[0], previous[1]), cause, rules, trigger_event_id
+        )
+        result.changes.append(change)
+    if policy is not None:
+        decision = _campaigns(state, evaluation, previous, change, cause, policy)
+        if decision is not None:
+            result.triggers = [t.to_message() for t in decision.triggers]
+            result.skipped = list(decision.skipped)
+    warning = churn_warning(state, evaluation, rules, params)
+    if warning is not None:
+        result.warnings.append(warning)
     state.tier, state.stage = evaluation.tier, evaluation.stage.stage
+    state.engagement_level = evaluation.features["engagement_level"]
     state.rules_version, state.scores = rules.version, evaluation.scores
-    return StepResult(
-        state=state,
-        changes=changes,
-        profile=profile_of(state, evaluation, rules, params),
-        evaluation=evaluation,
-    )
+    state.next_due_ms = next_due_ms(state, evaluation, rules, params)
+    result.profile = profile_of(state, evaluation, rules, params)
+    return result
 
 
 def apply_event(
@@ -187,8 +300,11 @@ def apply_event(
     params: BgNbdParams,
     *,
     cause: str = "event",
+    as_of_ms: int = NO_TIME,
+    policy: CampaignPolicy | None = None,
 ) -> StepResult:
-    """Fold one validated event into the customer's state. Redelivery (a seen event id) changes
+    """Fold one validated event into the customer's state and evaluate it at the later of the
+    event time and `as_of_ms` (the partition's clock). Redelivery (a seen event id) changes
     nothing; `erase` drops the customer."""
     if ev.topic == SUPPRESSIONS and ev.kind == "erase":
         return StepResult(state=None, erased=True)
@@ -209,4 +325,6 @@ def apply_event(
     ):
         state.timezone, state.timezone_at_ms = ev.timezone, ev.occurred_ms
     state.remember(digest)
-    return reevaluate(state, rules, params, ev.occurred_ms, cause, ev.event_id)
+    return reevaluate(
+        state, rules, params, max(as_of_ms, ev.occurred_ms), cause, ev.event_id, policy
+    )

@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 import ssl
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import faust
 
 from segmentation.bgnbd import DEFAULT_PARAMS, BgNbdParams
+from segmentation.campaigns import CampaignPolicy, parse_campaign_policy
+from segmentation.dueindex import DueIndex
+from segmentation.errors import RulesError
 from segmentation.events import INPUT_TOPICS
 from segmentation.rules import Rules, load_rules
 from streams import metrics as metrics_mod
@@ -41,6 +44,13 @@ class Runtime:
     inputs: faust.TopicT
     customers: Any  # faust.Table of customer_id -> CustomerState bytes
     out: dict[str, faust.TopicT] = field(default_factory=dict)
+    policy: CampaignPolicy = field(default_factory=lambda: parse_campaign_policy(None))
+    # Backfilled records fire campaigns only when TIERSTREAM_CAMPAIGNS_ON_BACKFILL is set.
+    backfill_policy: CampaignPolicy = field(default_factory=lambda: parse_campaign_policy(None))
+    due: DueIndex = field(default_factory=DueIndex)
+    clocks: dict[int, int] = field(default_factory=dict)
+    clock_persisted: dict[int, int] = field(default_factory=dict)
+    latest_event_ms: int = 0
     processor: Any = None
     redis: Any = None
     # Profile updates this worker published and wrote to Redis: their difference is the read
@@ -53,6 +63,9 @@ class Runtime:
 
     def now_ms(self) -> int:
         return int(time.time() * 1000)
+
+    def policy_for(self, cause: str) -> CampaignPolicy:
+        return self.backfill_policy if cause == "backfill" else self.policy
 
 
 def _credentials(settings: Settings) -> Any:
@@ -123,15 +136,31 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
     return conf
 
 
+def campaign_policy(rules: Rules, settings: Settings) -> CampaignPolicy:
+    """The rules file's [campaigns] section, with the environment's overrides."""
+    raw = dict(rules.campaigns)
+    if settings.holdout_share is not None:
+        raw["holdout_share"] = settings.holdout_share
+    if settings.default_timezone is not None:
+        raw["default_timezone"] = settings.default_timezone
+    try:
+        return parse_campaign_policy(raw)
+    except ValueError as exc:
+        raise RulesError(f"campaigns: {exc}") from None
+
+
 def create_app(settings: Settings, *, rules: Rules | None = None) -> tuple[faust.App, Runtime]:
     from agents.readmodel import register_readmodel_agent
     from agents.segment import register_segment_agent
     from streams.web import register_views
 
     app = faust.App(settings.app_id, **faust_settings(settings))
-    inputs = app.topic(*INPUT_TOPICS, **RAW, partitions=settings.partitions)
+    inputs = app.topic(*INPUT_TOPICS, names.TICKS, **RAW, partitions=settings.partitions)
     customers = app.Table(
         "customers",
+        # The types, not only the schema: changelog recovery picks its serializers from them.
+        key_type=bytes,
+        value_type=bytes,
         schema=faust.Schema(**RAW),
         partitions=settings.partitions,
         help="customer_id -> state",
@@ -145,7 +174,13 @@ def create_app(settings: Settings, *, rules: Rules | None = None) -> tuple[faust
         inputs=inputs,
         customers=customers,
     )
-    for name in (*INPUT_TOPICS, *names.OUTPUT_TOPICS, names.PROFILES):
+    runtime.policy = campaign_policy(runtime.rules, settings)
+    runtime.backfill_policy = (
+        replace(runtime.policy, skip_causes=frozenset())
+        if settings.campaigns_on_backfill
+        else runtime.policy
+    )
+    for name in (*INPUT_TOPICS, *names.OUTPUT_TOPICS, *names.INTERNAL_TOPICS):
         runtime.out[name] = app.topic(name, **RAW, partitions=settings.partitions)
     runtime.metrics.rules_info.labels(rules_version=runtime.rules.version).set(1)
     runtime.metrics.redis_backlog.set_function(runtime.redis_backlog)

@@ -108,6 +108,25 @@ def _cmd_tiers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_advance(args: argparse.Namespace) -> int:
+    from segmentation.timeutil import parse_rfc3339
+    from streams.replay import send_ticks
+    from streams.settings import ConfigError, bootstrap_servers, load_settings
+
+    try:
+        settings = load_settings()
+        at_ms = parse_rfc3339(args.to)
+    except (ConfigError, ValueError) as exc:
+        print(f"tierstream advance: {exc}", file=sys.stderr)
+        return 2
+    if settings.broker is None:
+        print("tierstream advance: set TIERSTREAM_BROKER", file=sys.stderr)
+        return 2
+    count = asyncio.run(send_ticks(bootstrap_servers(settings.broker), at_ms))
+    print(f"advanced the clock of {count} partitions to {args.to}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from streams.demo import run_demo
 
@@ -168,6 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--token", default=os.environ.get("TIERSTREAM_WEB_TOKEN"))
         p.add_argument("--json", action="store_true", help="print the raw JSON")
         p.set_defaults(func=func)
+
+    p = sub.add_parser(
+        "advance", help="move every partition's event-time clock to a time (replays, tests)"
+    )
+    p.add_argument("--to", required=True, help="RFC 3339 time, e.g. 1998-07-01T00:00:00Z")
+    p.set_defaults(func=_cmd_advance)
 
     p = sub.add_parser("demo", help="replay CDNOW + engagement through a local stack and report")
     p.add_argument("--out-dir", default="reports")

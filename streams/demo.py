@@ -95,6 +95,10 @@ def run_demo(out_dir: Path, seed: int = 7, partitions: int = 4) -> int:
             "TIERSTREAM_DATA_DIR": str(work / "data"),
             # Its own consumer group and tables, so a demo against a shared broker starts clean.
             "TIERSTREAM_APP_ID": f"tierstream-demo-{int(time.time())}",
+            # A replay of 1997-98: the clock is event time, and the demo shows the campaigns the
+            # history would have fired (a real backfill does not fire them by default).
+            "TIERSTREAM_LIVE_CLOCK": "false",
+            "TIERSTREAM_CAMPAIGNS_ON_BACKFILL": "true",
         },
         work / "worker.log",
     )

@@ -34,6 +34,7 @@ class Metrics:
     time_transition_lag: Histogram
     rules_info: Gauge
     customers_erased: Counter
+    events_ignored: Counter
 
 
 def create(registry: CollectorRegistry | None = None) -> Metrics:
@@ -131,5 +132,11 @@ def create(registry: CollectorRegistry | None = None) -> Metrics:
         ),
         customers_erased=Counter(
             p + "customers_erased_total", "Customers erased on request", registry=reg
+        ),
+        events_ignored=Counter(
+            p + "events_ignored_total",
+            "Valid events that changed nothing: redelivered (duplicate) or of an erased customer",
+            ["topic", "reason"],
+            registry=reg,
         ),
     )

@@ -12,7 +12,7 @@ from typing import Any, TextIO
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from streams.topics import BACKFILL_HEADER
+from streams.topics import BACKFILL_HEADER, TICKS
 
 TopicEvent = tuple[str, dict[str, Any]]
 
@@ -116,3 +116,18 @@ async def publish(
     if bar:
         bar.close(len(events))
     return stats
+
+
+async def send_ticks(bootstrap: str, at_ms: int) -> int:
+    """Move every partition's clock to `at_ms`: one tick record per partition of the ticks
+    topic. Customers whose boundary is due by then are re-evaluated, with cause=time."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        partitions = sorted(await producer.partitions_for(TICKS))
+        value = orjson.dumps({"t": at_ms})
+        for partition in partitions:
+            await producer.send_and_wait(TICKS, value, partition=partition)
+        return len(partitions)
+    finally:
+        await producer.stop()

@@ -14,7 +14,10 @@ OUTPUT_TOPICS: Final = (TIER_CHANGES, CAMPAIGN_TRIGGERS, CHURN_WARNINGS, DEAD_LE
 # Internal: the latest profile per customer (key = customer id, compacted on real Kafka), the
 # outbox the Redis read model is written from, so a Redis outage only makes that agent lag.
 PROFILES: Final = "tierstream-profiles"
-INTERNAL_TOPICS: Final = (PROFILES,)
+# Internal: clock ticks, one record per partition (live mode: wall time; `tierstream advance`:
+# an explicit event time), consumed by the state-owning agent with the input topics.
+TICKS: Final = "tierstream-ticks"
+INTERNAL_TOPICS: Final = (PROFILES, TICKS)
 ALL_TOPICS: Final = (*INPUT_TOPICS, *OUTPUT_TOPICS, *INTERNAL_TOPICS)
 
 # Header set on a record re-published to the partition its key belongs to.

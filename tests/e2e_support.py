@@ -49,6 +49,8 @@ def start_worker(stack: EmbeddedStack, tmp: Path, name: str, **env: str) -> Work
             "TIERSTREAM_PARTITIONS": str(PARTITIONS),
             "TIERSTREAM_DATA_DIR": str(tmp / f"{name}-data"),
             "TIERSTREAM_APP_ID": "tierstream",
+            # The tests' events are historical: the clock is their event time, not wall time.
+            "TIERSTREAM_LIVE_CLOCK": "false",
             **env,
         },
         tmp / f"{name}.log",

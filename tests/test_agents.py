@@ -267,7 +267,7 @@ async def test_valid_purchase_updates_table_and_publishes_change_and_profile(
     assert change["occurred_at"] == to_rfc3339(occurred)
     assert parse_rfc3339(change["emitted_at"]) >= occurred
     assert change["change_id"] == change_id(
-        "cust-1", (None, None), ("potential", "new"), occurred, rt.rules.version
+        "cust-1", (None, None), ("potential", "new"), occurred, rt.rules.version, "evt-1"
     )
 
     profiles = segment.sent(names.PROFILES)
@@ -287,7 +287,7 @@ async def test_valid_purchase_updates_table_and_publishes_change_and_profile(
             rt,
             "tierstream_transitions_total",
             kind="tier",
-            from_state="None",
+            from_state="none",
             to_state="potential",
             cause="event",
         )
@@ -298,7 +298,7 @@ async def test_valid_purchase_updates_table_and_publishes_change_and_profile(
             rt,
             "tierstream_transitions_total",
             kind="stage",
-            from_state="None",
+            from_state="none",
             to_state="new",
             cause="event",
         )
@@ -587,7 +587,7 @@ async def test_backfill_header_makes_cause_backfill(segment: SegmentHarness) -> 
             rt,
             "tierstream_transitions_total",
             kind="tier",
-            from_state="None",
+            from_state="none",
             to_state="potential",
             cause="backfill",
         )

@@ -46,11 +46,37 @@ def batch_reference(engagement: list[tuple[str, dict[str, Any]]]) -> pd.DataFram
     eng["at"] = pd.to_datetime(eng["at"], utc=True, format="ISO8601").dt.tz_localize(None)
     last_seen = eng.groupby("customer_id")["at"].max()
     purchase_time = per["last"] + pd.Timedelta(hours=12)  # the replay stamps noon UTC
-    as_of = pd.concat([purchase_time, last_seen.reindex(per.index)], axis=1).max(axis=1)
+    per["last_event"] = pd.concat([purchase_time, last_seen.reindex(per.index)], axis=1).max(axis=1)
     per["x"] = per["days"] - 1
     per["t_x"] = (per["last"] - per["first"]).dt.days
-    per["T"] = (as_of.dt.normalize() - per["first"]).dt.days
     return per
+
+
+def batch_stages(as_of: pd.Timestamp) -> pd.Series:
+    """The default lifecycle rules (at risk after 90 days, churned after 180, reactivated when
+    the gap before the latest purchase day was a churn-length one), in pandas."""
+    raw = pd.read_csv(
+        datasets.cdnow_path(),
+        sep=r"\s+",
+        header=None,
+        skiprows=1,
+        names=["customer_id", "date", "cds", "amount"],
+        dtype={"customer_id": str, "date": str},
+    )
+    days = pd.to_datetime(raw["date"], format="%Y%m%d").groupby(raw["customer_id"]).unique()
+
+    def stage(purchase_days: object) -> str:
+        ordered = sorted(pd.to_datetime(purchase_days))  # type: ignore[arg-type]
+        idle = as_of - (ordered[-1] + pd.Timedelta(hours=12))
+        if idle >= pd.Timedelta(days=180):
+            return "churned"
+        if idle >= pd.Timedelta(days=90):
+            return "at_risk"
+        if len(ordered) >= 2 and ordered[-1] - ordered[-2] >= pd.Timedelta(days=180):
+            return "reactivated"
+        return "new" if len(ordered) == 1 else "active"
+
+    return days.map(stage)
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +113,7 @@ def test_every_profile_matches_the_batch_computation(
             p["btyd"]["x"],
             p["btyd"]["t_x"],
             p["btyd"]["T"],
+            p["as_of"] >= row["last_event"].strftime("%Y-%m-%dT%H:%M:%S"),
         )
         want = (
             int(row["frequency"]),
@@ -95,7 +122,10 @@ def test_every_profile_matches_the_batch_computation(
             row["last"].strftime("%Y-%m-%d"),
             int(row["x"]),
             int(row["t_x"]),
-            int(row["T"]),
+            # T runs from the first purchase day to the day of the profile's as-of (its
+            # partition's clock), which is never before the customer's own last event.
+            (pd.Timestamp(p["as_of"][:10]) - row["first"]).days,
+            True,
         )
         if got != want:
             mismatches.append((cid, got, want))
@@ -116,3 +146,33 @@ def test_redis_holds_every_customer(replay: tuple[EmbeddedStack, list, list]) ->
         assert sample["rfm"]["monetary"] == 13_990.93
     finally:
         client.close()
+
+
+def test_stage_distribution_at_end_of_history_matches_batch(
+    replay: tuple[EmbeddedStack, list, list],
+) -> None:
+    """Advance every partition's clock to the end of 30 June 1998: each customer's stage (and so
+    the distribution) equals the batch computation of the same rules at that instant."""
+    import asyncio
+    import time
+
+    from streams.replay import send_ticks
+
+    stack, _, _ = replay
+    end = pd.Timestamp("1998-07-01T00:00:00")
+    asyncio.run(send_ticks(stack.bootstrap, int(end.tz_localize("UTC").timestamp() * 1000)))
+    expected = batch_stages(end)
+    deadline = time.monotonic() + 300
+    while True:
+        time.sleep(3)
+        streamed = {
+            p["customer_id"]: p["stage"]
+            for p in read_profiles(stack.redis_url)
+            if p["rfm"]["frequency"]
+        }
+        differ = [c for c, st in expected.items() if streamed.get(c) != st]
+        if not differ or time.monotonic() > deadline:
+            break
+    examples = [(c, streamed.get(c), expected[c]) for c in differ[:5]]
+    assert not differ, f"{len(differ)} stages differ, e.g. {examples}"
+    assert pd.Series(streamed).value_counts().to_dict() == expected.value_counts().to_dict()
