@@ -19,6 +19,7 @@ import orjson
 
 from segmentation.errors import InvalidEvent
 from segmentation.events import SUPPRESSIONS, InputEvent, parse_event
+from segmentation.quantiles import CutPoints
 from segmentation.state import NO_TIME, CustomerState
 from segmentation.step import StepResult, apply_event, reevaluate
 from segmentation.timeutil import HOUR_MS, to_rfc3339
@@ -30,6 +31,7 @@ log = logging.getLogger("tierstream.segment")
 
 # Reserved table keys (customer ids cannot hold control characters, so these never collide).
 CLOCK_KEY = b"\x00clock:%d"
+CUTPOINTS_KEY = b"\x00cutpoints:%d"
 ERASED_PREFIX = b"\x00erased:"
 
 
@@ -130,6 +132,7 @@ class SegmentProcessor:
         if await self.forward_if_misrouted(message, value, event.customer_id):
             return
         cause = "backfill" if backfill else "event"
+        await self.retier_some(message.partition)
         await self.advance(message.partition, event.occurred_ms, "backfill" if backfill else "time")
         await self.apply(event, cause, message.partition)
 
@@ -142,7 +145,45 @@ class SegmentProcessor:
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             log.warning("ignoring a malformed tick on partition %d", partition)
             return
+        await self.retier_some(partition)
         await self.advance(partition, at_ms, "backfill" if backfill else "time", live=live)
+
+    # -- rules changes -----------------------------------------------------------------------
+    async def retier_some(self, partition: int, chunk: int = 500) -> None:
+        """Re-evaluate, a chunk per record so the partition keeps flowing, the customers last
+        decided under other rules; what moves is published with cause=rules_change."""
+        rt = self.rt
+        self._ensure_index(partition)
+        pending = rt.retier.get(partition)
+        if not pending:
+            return
+        batch, rt.retier[partition] = pending[:chunk], pending[chunk:]
+        if rt.rules.cutpoints is not None:
+            # Kept in the table (a timer cannot write it) so a restart resumes with them.
+            rt.customers[CUTPOINTS_KEY % partition] = orjson.dumps(rt.rules.cutpoints.to_dict())
+        clock = rt.clocks.get(partition, NO_TIME)
+        for customer_id in batch:
+            key = customer_id.encode()
+            raw = rt.customers.get(key)
+            if raw is None:
+                continue
+            state = CustomerState.from_bytes(raw)
+            if state.rules_version == rt.rules.version:
+                continue  # an event got there first
+            result = reevaluate(
+                state,
+                rt.rules,
+                rt.params,
+                max(state.as_of_ms, clock),
+                "rules_change",
+                None,
+                rt.policy_for("rules_change"),
+            )
+            await self.publish(key, result, partition, "rules_change")
+        if not rt.retier[partition]:
+            log.info(
+                "partition %d: every customer re-tiered under rules %s", partition, rt.rules.version
+            )
 
     # -- the clock ---------------------------------------------------------------------------
     def _ensure_index(self, partition: int) -> None:
@@ -150,25 +191,42 @@ class SegmentProcessor:
         rt = self.rt
         if rt.due.built(partition):
             return
+        saved_cuts = rt.customers.get(CUTPOINTS_KEY % partition)
+        if saved_cuts is not None and rt.rules.scoring.method == "quantile":
+            cuts = CutPoints.from_dict(orjson.loads(saved_cuts))
+            current = rt.rules.cutpoints
+            if current is None or cuts.computed_at_ms > current.computed_at_ms:
+                # The cut points in force before a restart, so scores do not fall back to the
+                # fixed thresholds until the next refresh.
+                rt.rules = rt.rules.with_cutpoints(cuts)
         started = time.monotonic()
         entries = []
+        stale = []
         for key, raw in rt.customers.items():
             if key.startswith(b"\x00") or raw is None:
                 continue
             if partition_for(key, rt.settings.partitions) != partition:
                 continue
-            due = orjson.loads(raw).get("d")
+            doc = orjson.loads(raw)
+            due = doc.get("d")
             if due is not None:
                 entries.append((int(due), key.decode()))
+            decided = doc.get("p")
+            if decided is not None and decided[2] != rt.rules.version:
+                stale.append(key.decode())
         rt.due.build(partition, entries)
+        rt.retier[partition] = stale
         stored = rt.customers.get(CLOCK_KEY % partition)
         clock = int(stored) if stored is not None else NO_TIME
         rt.clocks[partition] = max(rt.clocks.get(partition, NO_TIME), clock)
         rt.clock_persisted[partition] = clock
         log.info(
-            "partition %d: due index rebuilt with %d customers in %.2fs, clock at %s",
+            "partition %d: due index rebuilt with %d customers (%d to re-tier under rules %s) "
+            "in %.2fs, clock at %s",
             partition,
             len(entries),
+            len(stale),
+            rt.rules.version,
             time.monotonic() - started,
             to_rfc3339(clock) if clock != NO_TIME else "-",
         )

@@ -12,6 +12,7 @@ from typing import Any
 from segmentation import engagement as eng
 from segmentation.bgnbd import BgNbdParams, churn_p_alive
 from segmentation.lifecycle import StageDecision, decide_stage
+from segmentation.quantiles import score_with_hysteresis
 from segmentation.rfm import ascending_score, recency_score, segment_of
 from segmentation.rules import Rules
 from segmentation.state import NO_TIME, CustomerState
@@ -38,6 +39,34 @@ def btyd_stats(purchase_times_ms: list[int], as_of_ms: int) -> tuple[int, int, i
     days = sorted({day_of(t) for t in purchase_times_ms})
     first = days[0]
     return len(days) - 1, days[-1] - first, max(day_of(as_of_ms) - first, days[-1] - first)
+
+
+def rfm_scores(
+    rules: Rules,
+    recency_days: int,
+    frequency: int,
+    monetary: float,
+    previous: tuple[int, int, int] | None,
+) -> tuple[int, int, int]:
+    """Fixed thresholds, or population quintiles with hysteresis: near a cut point the previous
+    score holds, so customers do not flap when the cut points move a little."""
+    s = rules.scoring
+    cuts = rules.cutpoints
+    if s.method != "quantile" or cuts is None:
+        return (
+            recency_score(recency_days, s.recency_days),
+            ascending_score(frequency, s.frequency),
+            ascending_score(monetary, s.monetary),
+        )
+    prev = previous or (None, None, None)
+    band = s.hysteresis
+    # Whole-valued dimensions get a minimum band (1 day, half an order): a relative band around
+    # a small integer cut point would be narrower than one step.
+    return (
+        score_with_hysteresis(recency_days, cuts.recency, prev[0], band, False, min_width=1),
+        score_with_hysteresis(frequency, cuts.frequency, prev[1], band, True, min_width=0.5),
+        score_with_hysteresis(monetary, cuts.monetary, prev[2], band, True),
+    )
 
 
 def engagement_at(
@@ -82,12 +111,7 @@ def evaluate(state: CustomerState, rules: Rules, params: BgNbdParams, as_of_ms: 
     typical_gap = None
     if times and btyd is not None:
         recency_days = (as_of_ms - times[-1]) // DAY_MS
-        s = rules.scoring
-        scores = (
-            recency_score(recency_days, s.recency_days),
-            ascending_score(frequency, s.frequency),
-            ascending_score(monetary, s.monetary),
-        )
+        scores = rfm_scores(rules, recency_days, frequency, monetary, state.scores)
         x, t_x, big_t = btyd
         typical_gap = t_x / x if x > 0 else None
         features.update(
@@ -116,6 +140,26 @@ def evaluate(state: CustomerState, rules: Rules, params: BgNbdParams, as_of_ms: 
         first_purchase_ms=times[0] if times else None,
         last_purchase_ms=times[-1] if times else None,
     )
+
+
+def rfm_explanation(rules: Rules) -> dict[str, Any]:
+    cuts = rules.cutpoints
+    if rules.scoring.method == "quantile" and cuts is not None:
+        return {
+            "method": "quantile",
+            "cutpoints_version": cuts.version,
+            "population": cuts.population,
+            "recency_days_cuts": list(cuts.recency),
+            "frequency_cuts": list(cuts.frequency),
+            "monetary_cuts": list(cuts.monetary),
+            "hysteresis": rules.scoring.hysteresis,
+        }
+    return {
+        "method": "fixed",
+        "recency_days_bounds": list(rules.scoring.recency_days),
+        "frequency_bounds": list(rules.scoring.frequency),
+        "monetary_bounds": list(rules.scoring.monetary),
+    }
 
 
 def profile_of(
@@ -162,12 +206,7 @@ def profile_of(
                     to_rfc3339(ev.stage.next_boundary_ms) if ev.stage.next_boundary_ms else None
                 ),
             },
-            "rfm": {
-                "method": rules.scoring.method,
-                "recency_days_bounds": list(rules.scoring.recency_days),
-                "frequency_bounds": list(rules.scoring.frequency),
-                "monetary_bounds": list(rules.scoring.monetary),
-            },
+            "rfm": rfm_explanation(rules),
             "p_alive": {
                 "model": "BG/NBD (MBG-style for one-time buyers)",
                 "params_version": params.version,

@@ -46,8 +46,10 @@ MAX_AMOUNT: Final = Decimal("1000000000")
 # Event times before this are a producer bug (epoch zero, seconds sent as ms...), not history.
 MIN_EVENT_TIME_MS: Final = 631_152_000_000  # 1990-01-01T00:00:00Z
 DEFAULT_MAX_FUTURE_MS: Final = DAY_MS
-_DECIMAL_TEXT: Final = re.compile(
-    r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII
+# The published contract (schemas/): amounts as text are plain decimals, times RFC 3339.
+_DECIMAL_TEXT: Final = re.compile(r"\d+(?:\.\d+)?", re.ASCII)
+_RFC3339: Final = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})", re.ASCII
 )
 
 
@@ -113,6 +115,12 @@ def _occurred_ms(doc: dict[str, Any], now_ms: int, max_future_ms: int) -> int:
     if isinstance(value, int):
         ms = value
     elif isinstance(value, str):
+        if not _RFC3339.fullmatch(value):
+            raise InvalidEvent(
+                "bad_timestamp",
+                f"'occurred_at' {value[:40]!r} is not RFC 3339 with an offset "
+                "(e.g. 2026-11-25T10:00:00+08:00)",
+            )
         try:
             ms = parse_rfc3339(value)
         except (ValueError, OverflowError) as exc:
@@ -141,7 +149,7 @@ def _amount_cents(doc: dict[str, Any]) -> int:
         raise InvalidEvent("wrong_type", "field 'amount' must be a decimal number or string")
     if isinstance(value, float) and not math.isfinite(value):
         raise InvalidEvent("invalid_amount", "field 'amount' must be finite")
-    text = str(value).strip()
+    text = value if isinstance(value, str) else str(value)
     if isinstance(value, str) and not _DECIMAL_TEXT.fullmatch(text):
         raise InvalidEvent("invalid_amount", f"'amount' {text[:40]!r} is not a decimal number")
     try:
@@ -222,7 +230,7 @@ def parse_event(
         if currency is not None:
             if not isinstance(currency, str):
                 raise InvalidEvent("wrong_type", "field 'currency' must be a string")
-            if currency.upper() != base_currency.upper():
+            if not currency.isascii() or currency.upper() != base_currency.upper():
                 raise InvalidEvent(
                     "foreign_currency",
                     f"currency {currency[:8]!r} is not the base currency {base_currency}; "

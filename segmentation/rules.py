@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Final
@@ -19,6 +19,7 @@ from typing import Any, Final
 import yaml
 
 from segmentation.errors import RulesError
+from segmentation.quantiles import CutPoints
 
 OPS: Final = ("not_in", "lt", "le", "gt", "ge", "eq", "ne", "in")
 TIERS: Final = ("vip", "active", "potential", "ordinary")
@@ -142,6 +143,13 @@ class Rules:
     tiers: tuple[Rule, ...]
     tags: tuple[Rule, ...]
     campaigns: Mapping[str, Any] = field(default_factory=dict)
+    # Population quintile cut points in force when scoring.method = "quantile" (None until
+    # enough customers are known: fixed thresholds meanwhile). Part of the version.
+    cutpoints: CutPoints | None = None
+
+    def with_cutpoints(self, cutpoints: CutPoints) -> Rules:
+        base = self.version.split("+cut-")[0]
+        return replace(self, version=f"{base}+{cutpoints.version}", cutpoints=cutpoints)
 
     def tier_for(self, features: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
         """The first tier rule that holds, with why it holds and why the ones before it did not."""

@@ -61,6 +61,8 @@ def next_due_ms(
     last, first = ev.last_purchase_ms, ev.first_purchase_ms
     if last is not None and first is not None:
         recency = set(rules.scoring.recency_days) | _thresholds(rules, "recency_days")
+        if rules.cutpoints is not None:
+            recency |= set(rules.cutpoints.recency)
         candidates += _day_steps(last, recency)
         candidates += _day_steps(first, _thresholds(rules, "days_since_first_purchase"))
         gap_due = churn_gap_due_ms(ev, rules, params)

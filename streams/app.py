@@ -51,6 +51,9 @@ class Runtime:
     clocks: dict[int, int] = field(default_factory=dict)
     clock_persisted: dict[int, int] = field(default_factory=dict)
     latest_event_ms: int = 0
+    # Customers whose state was decided under other rules, re-tiered a chunk at a time.
+    retier: dict[int, list[str]] = field(default_factory=dict)
+    shadow_rules: Rules | None = None
     processor: Any = None
     redis: Any = None
     # Profile updates this worker published and wrote to Redis: their difference is the read
@@ -63,6 +66,10 @@ class Runtime:
 
     def now_ms(self) -> int:
         return int(time.time() * 1000)
+
+    def due_partitions(self) -> list[int]:
+        """The partitions whose state this worker serves (their due index is built)."""
+        return sorted(self.clocks)
 
     def policy_for(self, cause: str) -> CampaignPolicy:
         return self.backfill_policy if cause == "backfill" else self.policy
@@ -152,6 +159,8 @@ def campaign_policy(rules: Rules, settings: Settings) -> CampaignPolicy:
 def create_app(settings: Settings, *, rules: Rules | None = None) -> tuple[faust.App, Runtime]:
     from agents.readmodel import register_readmodel_agent
     from agents.segment import register_segment_agent
+    from streams.models import register_cutpoint_refresh, register_model_refits
+    from streams.shadow_view import register_shadow_view
     from streams.web import register_views
 
     app = faust.App(settings.app_id, **faust_settings(settings))
@@ -184,7 +193,13 @@ def create_app(settings: Settings, *, rules: Rules | None = None) -> tuple[faust
         runtime.out[name] = app.topic(name, **RAW, partitions=settings.partitions)
     runtime.metrics.rules_info.labels(rules_version=runtime.rules.version).set(1)
     runtime.metrics.redis_backlog.set_function(runtime.redis_backlog)
+    runtime.metrics.model_info.labels(params_version=runtime.params.version).set(0)
+    if settings.shadow_rules_path is not None:
+        runtime.shadow_rules = load_rules(settings.shadow_rules_path)
     register_segment_agent(runtime)
     register_readmodel_agent(runtime)
     register_views(runtime)
+    register_shadow_view(runtime)
+    register_model_refits(runtime)
+    register_cutpoint_refresh(runtime)
     return app, runtime

@@ -108,6 +108,26 @@ def _cmd_tiers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_shadow(args: argparse.Namespace) -> int:
+    status, body = _http_get(args, "/shadow")
+    if status != 200:
+        print(f"tierstream shadow: {body.get('error', status)}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    print(
+        f"rules {body['rules_version']} -> shadow {body['shadow_rules_version']}: "
+        f"{body['would_move']:,} of {body['customers']:,} customers would change tier"
+    )
+    for move, count in body["tier_moves"].items():
+        sample = ", ".join(body["examples"].get(move, []))
+        print(f"  {move:<24} {count:>8,}   e.g. {sample}")
+    for move, count in body["stage_moves"].items():
+        print(f"  stage {move:<18} {count:>8,}")
+    return 0
+
+
 def _cmd_advance(args: argparse.Namespace) -> int:
     from segmentation.timeutil import parse_rfc3339
     from streams.replay import send_ticks
@@ -173,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func, helptext in (
         ("customer", _cmd_customer, "print a customer's profile and explanation"),
         ("tiers", _cmd_tiers, "print customers per tier and stage"),
+        ("shadow", _cmd_shadow, "who the shadow rules (TIERSTREAM_SHADOW_RULES) would move"),
     ):
         p = sub.add_parser(name, help=helptext)
         if name == "customer":

@@ -35,6 +35,7 @@ class Metrics:
     rules_info: Gauge
     customers_erased: Counter
     events_ignored: Counter
+    model_info: Gauge
 
 
 def create(registry: CollectorRegistry | None = None) -> Metrics:
@@ -132,6 +133,12 @@ def create(registry: CollectorRegistry | None = None) -> Metrics:
         ),
         customers_erased=Counter(
             p + "customers_erased_total", "Customers erased on request", registry=reg
+        ),
+        model_info=Gauge(
+            p + "model_info",
+            "The BG/NBD parameters version in force (value: customers it was fitted on)",
+            ["params_version"],
+            registry=reg,
         ),
         events_ignored=Counter(
             p + "events_ignored_total",

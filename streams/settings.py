@@ -29,6 +29,9 @@ KNOWN_VARIABLES: Final = frozenset(
         "TIERSTREAM_BROKER",
         "TIERSTREAM_REDIS_URL",
         "TIERSTREAM_RULES",
+        "TIERSTREAM_SHADOW_RULES",
+        "TIERSTREAM_REFIT_SECONDS",
+        "TIERSTREAM_CUTPOINTS_SECONDS",
         "TIERSTREAM_WEB_HOST",
         "TIERSTREAM_WEB_PORT",
         "TIERSTREAM_WEB_TOKEN",
@@ -99,6 +102,12 @@ class Settings:
     broker: str | None  # None: start/use the embedded broker (demo) — a worker needs one
     redis_url: str  # may hold a password: shown only as `redis_display`
     rules_path: Path | None
+    # Seconds between BG/NBD refits from the table (0: never; the defaults stay in force).
+    refit_seconds: float
+    # Seconds between RFM quintile cut-point refreshes (scoring.method = "quantile").
+    cutpoints_seconds: float
+    # Rules evaluated beside the real ones and reported (GET /shadow), never published.
+    shadow_rules_path: Path | None
     web_host: str
     web_port: int
     web_token: Secret
@@ -508,6 +517,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         broker=_broker(env),
         redis_url=redis_url,
         rules_path=rules_path,
+        shadow_rules_path=_existing_file(env, "TIERSTREAM_SHADOW_RULES"),
+        refit_seconds=_float(env, "TIERSTREAM_REFIT_SECONDS", 3600.0, 0.0, 30 * 86_400),
+        cutpoints_seconds=_float(env, "TIERSTREAM_CUTPOINTS_SECONDS", 600.0, 1.0, 30 * 86_400),
         web_host=web_host,
         web_port=web_port,
         web_token=web_token,
