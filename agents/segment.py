@@ -17,6 +17,7 @@ from typing import Any
 import faust
 import orjson
 
+from segmentation.dueindex import due_states
 from segmentation.errors import InvalidEvent
 from segmentation.events import SUPPRESSIONS, InputEvent, parse_event
 from segmentation.quantiles import CutPoints
@@ -239,15 +240,10 @@ class SegmentProcessor:
         if at_ms <= rt.clocks.get(partition, NO_TIME):
             return
         rt.clocks[partition] = at_ms
-        while (entry := rt.due.pop_due(partition, at_ms)) is not None:
-            due_ms, customer_id = entry
-            key = customer_id.encode()
-            raw = rt.customers.get(key)
-            if raw is None:
-                continue  # erased since it was scheduled
-            state = CustomerState.from_bytes(raw)
-            if state.next_due_ms != due_ms:
-                continue  # rescheduled by a later event: a stale heap entry
+        for due_ms, state in due_states(
+            rt.due, partition, at_ms, self.load_state, lambda s: s.next_due_ms
+        ):
+            key = state.customer_id.encode()
             result = reevaluate(
                 state, rt.rules, rt.params, due_ms, cause, None, rt.policy_for(cause)
             )
@@ -259,6 +255,10 @@ class SegmentProcessor:
         if at_ms - rt.clock_persisted.get(partition, NO_TIME) >= HOUR_MS or live:
             rt.customers[CLOCK_KEY % partition] = str(at_ms).encode()
             rt.clock_persisted[partition] = at_ms
+
+    def load_state(self, customer_id: str) -> CustomerState | None:
+        raw = self.rt.customers.get(customer_id.encode())
+        return CustomerState.from_bytes(raw) if raw is not None else None
 
     # -- state and outputs -------------------------------------------------------------------
     async def apply(self, event: InputEvent, cause: str, partition: int) -> StepResult | None:

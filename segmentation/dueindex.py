@@ -9,7 +9,10 @@ passed, not with the customers held.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
+
+S = TypeVar("S")
 
 
 class DueIndex:
@@ -44,3 +47,22 @@ class DueIndex:
     def drop(self, partitions: Iterable[int]) -> None:
         for partition in partitions:
             self._heaps.pop(partition, None)
+
+
+def due_states(
+    index: DueIndex,
+    partition: int,
+    until_ms: int,
+    load: Callable[[str], S | None],
+    due_of: Callable[[S], int | None],
+) -> Iterator[tuple[int, S]]:
+    """The customers whose boundary is at or before `until_ms`, earliest first, each with its
+    boundary. Stale heap entries (the customer was erased or rescheduled) are skipped. A caller
+    that re-evaluates a customer pushes its new boundary; if that is also due, it comes out of
+    this same iteration."""
+    while (entry := index.pop_due(partition, until_ms)) is not None:
+        due_ms, customer_id = entry
+        state = load(customer_id)
+        if state is None or due_of(state) != due_ms:
+            continue
+        yield due_ms, state

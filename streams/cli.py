@@ -153,6 +153,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(out_dir=Path(args.out_dir), seed=args.seed, partitions=args.partitions)
 
 
+def _cmd_bench_ticks(args: argparse.Namespace) -> int:
+    from streams.bench_ticks import run_tick_bench
+
+    result = run_tick_bench(large=args.large, small=args.small, due=args.due)
+    if args.out:
+        Path(args.out).write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from streams.bench import run_bench
 
@@ -226,6 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--events", type=int, default=1_000_000)
     p.add_argument("--out", default=None, help="write the results as JSON to this file")
     p.set_defaults(func=_cmd_bench)
+    p = sub.add_parser("bench-ticks", help="per-tick cost against the customers held")
+    p.add_argument("--large", type=int, default=1_000_000)
+    p.add_argument("--small", type=int, default=10_000)
+    p.add_argument("--due", type=int, default=100)
+    p.add_argument("--out", default=None)
+    p.set_defaults(func=_cmd_bench_ticks)
     return parser
 
 
