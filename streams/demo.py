@@ -22,10 +22,23 @@ from streams.embedded import (
     create_topics,
 )
 from streams.harness import WorkerProcess, read_topic_sync
-from streams.replay import Progress, publish
+from streams.replay import Progress, publish, send_ticks
 from streams.report import build_report, render_html, render_text
 from streams.settings import bootstrap_servers, load_settings
 from streams.topics import ALL_TOPICS, CAMPAIGN_TRIGGERS, CHURN_WARNINGS, TIER_CHANGES
+
+END_OF_HISTORY_MS = 899_251_200_000  # 1998-07-01T00:00:00Z
+
+
+def settle(worker: WorkerProcess) -> None:
+    """Until the worker has gone quiet: no new profile updates for two seconds."""
+    last = -1.0
+    while True:
+        time.sleep(2)
+        sent = worker.metrics().get("tierstream_transitions_total", 0.0)
+        if sent == last and worker.metrics().get("tierstream_redis_backlog", 1) == 0:
+            return
+        last = sent
 
 
 def read_profiles(redis_url: str) -> list[dict[str, Any]]:
@@ -114,6 +127,10 @@ def run_demo(out_dir: Path, seed: int = 7, partitions: int = 4) -> int:
         seconds = finished - started
         rate = len(events) / seconds
         print(f"processed {len(events):,} events in {seconds:.1f}s = {rate:,.0f} events/s")
+        # The history ends on 30 June 1998: move every partition's clock there, so customers
+        # whose boundaries passed by then (at risk, churned...) are where they would be.
+        asyncio.run(send_ticks(bootstrap, END_OF_HISTORY_MS))
+        settle(worker)
         metrics = worker.metrics()
         profiles = read_profiles(redis_url)
         changes = [r["value"] for r in read_topic_sync(bootstrap, TIER_CHANGES) if r["value"]]

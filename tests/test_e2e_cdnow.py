@@ -85,7 +85,12 @@ def replay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EmbeddedS
     engagement = datasets.generate_engagement(purchases, seed=7)
     events = datasets.merge_by_time([("purchases", e) for e in purchases], engagement)
     with fresh_stack() as stack:
-        worker = start_worker(stack, tmp_path_factory.mktemp("cdnow"), "worker")
+        worker = start_worker(
+            stack,
+            tmp_path_factory.mktemp("cdnow"),
+            "worker",
+            TIERSTREAM_CAMPAIGNS_ON_BACKFILL="true",
+        )
         try:
             send(stack, events, backfill=True)
             wait_consumed(worker, len(events), timeout=1800)
@@ -176,3 +181,35 @@ def test_stage_distribution_at_end_of_history_matches_batch(
     examples = [(c, streamed.get(c), expected[c]) for c in differ[:5]]
     assert not differ, f"{len(differ)} stages differ, e.g. {examples}"
     assert pd.Series(streamed).value_counts().to_dict() == expected.value_counts().to_dict()
+
+
+def test_campaigns_holdout_share_and_caps(replay: tuple[EmbeddedStack, list, list]) -> None:
+    """Over the replay with engagement: each campaign's holdout share is the configured 10%
+    within 2 points, and no customer ever gets more treatment sends than the caps allow."""
+    from streams.harness import read_topic_sync
+
+    stack, _, _ = replay
+    triggers = [r["value"] for r in read_topic_sync(stack.bootstrap, "campaign-triggers")]
+    assert len(triggers) > 10_000
+    assert len({t["trigger_id"] for t in triggers}) == len(triggers)
+    by_campaign: dict[str, list[dict]] = {}
+    for t in triggers:
+        by_campaign.setdefault(t["campaign"], []).append(t)
+    assert {"welcome", "winback", "welcome_back"} <= set(by_campaign)
+    for campaign, sent in by_campaign.items():
+        if len(sent) >= 1000:
+            share = sum(t["variant"] == "holdout" for t in sent) / len(sent)
+            assert abs(share - 0.10) <= 0.02, (campaign, share, len(sent))
+    hour = 3_600_000
+    caps = {"email": [(1, 16 * hour), (3, 168 * hour)], "wechat": [(1, 24 * hour)]}
+    sends: dict[tuple[str, str], list[int]] = {}
+    for t in triggers:
+        if t["variant"] == "treatment":
+            sends.setdefault((t["customer_id"], t["channel"]), []).append(
+                int(pd.Timestamp(t["send_after"]).timestamp() * 1000)
+            )
+    for (customer, channel), times in sends.items():
+        times.sort()
+        for limit, window in caps[channel]:
+            for i in range(len(times) - limit):
+                assert times[i + limit] - times[i] >= window, (customer, channel, limit)
