@@ -160,6 +160,7 @@ def create_app(settings: Settings, *, rules: Rules | None = None) -> tuple[faust
     from agents.readmodel import register_readmodel_agent
     from agents.segment import register_segment_agent
     from streams.models import register_cutpoint_refresh, register_model_refits
+    from streams.recovery_check import install as install_recovery_check
     from streams.shadow_view import register_shadow_view
     from streams.web import register_views
 
@@ -194,6 +195,10 @@ def create_app(settings: Settings, *, rules: Rules | None = None) -> tuple[faust
     runtime.metrics.rules_info.labels(rules_version=runtime.rules.version).set(1)
     runtime.metrics.redis_backlog.set_function(runtime.redis_backlog)
     runtime.metrics.model_info.labels(params_version=runtime.params.version).set(0)
+    # Faust's recovery trusts the broker's high-water marks, which the embedded broker under-
+    # reports after batched produces: after every recovery, read each changelog partition to its
+    # real end and re-apply what recovery stopped short of (a no-op on Apache Kafka).
+    install_recovery_check(app, customers, runtime.metrics.registry)
     if settings.shadow_rules_path is not None:
         runtime.shadow_rules = load_rules(settings.shadow_rules_path)
     register_segment_agent(runtime)
