@@ -44,8 +44,15 @@ PENDING = {
 WORKERS = {"worker-1", "worker-2"}
 # The design's input and output topics; internal ones come from streams/topics.py.
 CONTRACT_TOPICS = {
-    "purchases", "email-opens", "email-clicks", "wechat-interactions", "suppressions",
-    "tier-changes", "campaign-triggers", "churn-warnings", "dead-letters",
+    "purchases",
+    "email-opens",
+    "email-clicks",
+    "wechat-interactions",
+    "suppressions",
+    "tier-changes",
+    "campaign-triggers",
+    "churn-warnings",
+    "dead-letters",
 }
 DEFAULT_PARTITIONS = "8"
 
@@ -146,8 +153,9 @@ def test_compose_references_exist_in_the_checkout(service: str, role: str, path:
     relative = os.path.normpath(path)
     if not (ROOT / relative).exists():
         if relative in PENDING:
-            pytest.skip(f"{relative} ({service}, {role}) is not in the checkout yet: "
-                        f"{PENDING[relative]}")
+            pytest.skip(
+                f"{relative} ({service}, {role}) is not in the checkout yet: {PENDING[relative]}"
+            )
         pytest.fail(f"{service} ({role}): {path} does not exist in the checkout")
 
 
@@ -196,8 +204,10 @@ CREATE_TOPIC = re.compile(r"^\s*create_topic\s+(\S+)\s+(\S+)(.*)$", re.MULTILINE
 def test_topics_job_creates_every_topic_with_the_same_partition_variable() -> None:
     from streams import topics
 
-    calls = {name: (partitions, options) for name, partitions, options in
-             CREATE_TOPIC.findall(topics_script())}
+    calls = {
+        name: (partitions, options)
+        for name, partitions, options in CREATE_TOPIC.findall(topics_script())
+    }
     assert set(calls) >= CONTRACT_TOPICS, f"not created: {CONTRACT_TOPICS - set(calls)}"
     assert set(calls) == set(topics.ALL_TOPICS), (
         "the topics job and streams/topics.py disagree: "
@@ -259,12 +269,17 @@ def test_dockerfile_builds_the_worker_image() -> None:
     last = {keyword: arguments for keyword, arguments in stage}
     assert json.loads(last["ENTRYPOINT"]) == ["tierstream"]
     assert json.loads(last["CMD"]) == ["worker"]
-    ports = {port.split("/")[0] for keyword, arguments in stage if keyword == "EXPOSE"
-             for port in arguments.split()}
+    ports = {
+        port.split("/")[0]
+        for keyword, arguments in stage
+        if keyword == "EXPOSE"
+        for port in arguments.split()
+    }
     web_ports = {env["TIERSTREAM_WEB_PORT"] for env in worker_environments().values()}
     assert ports == web_ports, f"EXPOSE {sorted(ports)}, workers' TIERSTREAM_WEB_PORT {web_ports}"
-    runs = " ".join(arguments for keyword, arguments in dockerfile_instructions()
-                    if keyword == "RUN")
+    runs = " ".join(
+        arguments for keyword, arguments in dockerfile_instructions() if keyword == "RUN"
+    )
     assert re.search(r"pip install (?:-\S+ )*\.(?:\s|$)", runs), "the image installs the project"
     with (ROOT / "pyproject.toml").open("rb") as f:
         scripts = tomllib.load(f)["project"]["scripts"]
@@ -287,8 +302,10 @@ def test_dockerfile_copies_only_files_of_the_build_context(source: str) -> None:
     relative = os.path.normpath(os.path.join(context, source))
     if not (ROOT / relative).exists():
         if relative in PENDING:
-            pytest.skip(f"{relative} (COPY in deploy/Dockerfile) is not in the checkout yet: "
-                        f"{PENDING[relative]}")
+            pytest.skip(
+                f"{relative} (COPY in deploy/Dockerfile) is not in the checkout yet: "
+                f"{PENDING[relative]}"
+            )
         pytest.fail(f"deploy/Dockerfile copies {source}, which is not in the build context")
 
 
@@ -314,8 +331,9 @@ def test_prometheus_scrapes_each_worker_on_its_web_port() -> None:
     job = jobs["tierstream"]
     assert job.get("metrics_path", "/metrics") == "/metrics"
     targets = {target for static in job["static_configs"] for target in static["targets"]}
-    expected = {f"{name}:{env['TIERSTREAM_WEB_PORT']}"
-                for name, env in worker_environments().items()}
+    expected = {
+        f"{name}:{env['TIERSTREAM_WEB_PORT']}" for name, env in worker_environments().items()
+    }
     assert targets == expected, f"scraped: {sorted(targets)}, workers: {sorted(expected)}"
 
 
@@ -524,11 +542,17 @@ def test_alert_rules_fire_when_they_should(tmp_path: Path) -> None:
     tested = {case["alertname"] for test in tests["tests"] for case in test["alert_rule_test"]}
     assert tested == {rule["alert"] for rule in alerts()}, "every alert needs a scenario here"
     rules = alert_rules()
-    quiet = {"groups": [
-        {**group, "rules": [{k: v for k, v in rule.items() if k != "annotations"}
-                            for rule in group["rules"]]}
-        for group in rules["groups"]
-    ]}
+    quiet = {
+        "groups": [
+            {
+                **group,
+                "rules": [
+                    {k: v for k, v in rule.items() if k != "annotations"} for rule in group["rules"]
+                ],
+            }
+            for group in rules["groups"]
+        ]
+    }
     (tmp_path / "rules.yml").write_text(yaml.safe_dump(quiet, sort_keys=False), encoding="utf-8")
     tests["rule_files"] = ["rules.yml"]
     (tmp_path / "tests.yml").write_text(yaml.safe_dump(tests, sort_keys=False), encoding="utf-8")
@@ -644,12 +668,17 @@ def test_metrics_file_matches_the_worker_registry() -> None:
     pytest.importorskip("prometheus_client")
     from streams import metrics as worker_metrics
 
+    from streams.recovery_check import RecoveryCheck
+
     created = worker_metrics.create()
+    # The recovery check registers its own metrics in the worker's registry.
+    check = RecoveryCheck(None, type("T", (), {"name": "customers"})(), created.registry)
+    collectors = [
+        getattr(created, f) for f in worker_metrics.Metrics.__dataclass_fields__ if f != "registry"
+    ]
+    collectors += [check.tail_records, check.reapplied, check.unrecovered, check.errors]
     registered = {}
-    for field in worker_metrics.Metrics.__dataclass_fields__:
-        if field == "registry":
-            continue
-        collector = getattr(created, field)
+    for collector in collectors:
         # Label names are only on the (private) attributes until a child exists. Counters keep
         # their name without "_total" and are exposed with it.
         kind = collector._type
@@ -666,8 +695,22 @@ AGGREGATION = re.compile(
     r"\b(?:sum|min|max|avg|group|stddev|stdvar|count_values|count|topk|bottomk|quantile)"
     r"\s*(?:(by|without)\s*\(([^)]*)\))?\s*\("
 )
-PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "offset", "bool",
-                "and", "or", "unless", "atan2", "inf", "nan"}
+PROMQL_WORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "offset",
+    "bool",
+    "and",
+    "or",
+    "unless",
+    "atan2",
+    "inf",
+    "nan",
+}
 
 
 def without_strings(expr: str) -> str:
@@ -724,8 +767,12 @@ def result_labels(expr: str) -> frozenset[str]:
 
 def grafana_to_promql(expr: str) -> str:
     """A dashboard query with Grafana's variables replaced by values Prometheus can parse."""
-    for variable, value in (("$__rate_interval", "5m"), ("$__interval", "1m"),
-                            ("$__range", "1h"), ("$instance", ".*")):
+    for variable, value in (
+        ("$__rate_interval", "5m"),
+        ("$__interval", "1m"),
+        ("$__range", "1h"),
+        ("$instance", ".*"),
+    ):
         expr = expr.replace(variable, value)
     return expr
 
@@ -735,8 +782,13 @@ def dashboard_queries() -> list[tuple[str, str, str]]:
     queries = []
     for panel in query_panels():
         for target in panel["targets"]:
-            queries.append((f"panel {panel['title']!r} {target['refId']}", target["expr"],
-                            target.get("legendFormat", "")))
+            queries.append(
+                (
+                    f"panel {panel['title']!r} {target['refId']}",
+                    target["expr"],
+                    target.get("legendFormat", ""),
+                )
+            )
     for variable in dashboard()["templating"]["list"]:
         if variable["type"] != "query":
             continue
@@ -751,8 +803,10 @@ def dashboard_queries() -> list[tuple[str, str, str]]:
 
 def alert_queries() -> list[tuple[str, str, str]]:
     """(where, PromQL, annotation text) of every alert."""
-    return [(f"alert {rule['alert']}", rule["expr"], json.dumps(rule.get("annotations", {})))
-            for rule in alerts()]
+    return [
+        (f"alert {rule['alert']}", rule["expr"], json.dumps(rule.get("annotations", {})))
+        for rule in alerts()
+    ]
 
 
 def test_queries_use_only_exported_metrics_and_their_labels() -> None:
@@ -782,10 +836,17 @@ def test_legends_and_annotations_name_labels_the_result_keeps() -> None:
 
 
 def test_promtool_parses_every_dashboard_query(tmp_path: Path) -> None:
-    rules = {"groups": [{"name": "dashboard", "rules": [
-        {"record": f"dashboard:query_{number}", "expr": grafana_to_promql(expr)}
-        for number, (_, expr, _) in enumerate(dashboard_queries())
-    ]}]}
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [
+                    {"record": f"dashboard:query_{number}", "expr": grafana_to_promql(expr)}
+                    for number, (_, expr, _) in enumerate(dashboard_queries())
+                ],
+            }
+        ]
+    }
     path = tmp_path / "dashboard-queries.yml"
     path.write_text(yaml.safe_dump(rules), encoding="utf-8")
     run_promtool("check", "rules", str(path))
@@ -801,7 +862,9 @@ DASHBOARD_AREAS = {
     "transitions per from/to": ("tierstream_transitions_total", {"from_state", "to_state"}),
     "campaign triggers sent": ("tierstream_campaign_triggers_total", {"campaign"}),
     "campaign triggers suppressed": (
-        "tierstream_campaign_triggers_suppressed_total", {"campaign", "reason"}),
+        "tierstream_campaign_triggers_suppressed_total",
+        {"campaign", "reason"},
+    ),
     "dead letters": ("tierstream_dead_letters_total", {"topic"}),
     "Redis backlog": ("tierstream_redis_backlog", set()),
     "Redis write failures": ("tierstream_redis_write_failures_total", set()),
@@ -821,18 +884,27 @@ def test_dashboard_has_a_panel_for(area: str) -> None:
         if not breakdown <= set().union(*(result_labels(expr) for expr in exprs)):
             continue
         if wanted.endswith("_bucket"):
-            shown = {quantile for expr in exprs
-                     for quantile in re.findall(r"histogram_quantile\(\s*([\d.]+)", expr)}
+            shown = {
+                quantile
+                for expr in exprs
+                for quantile in re.findall(r"histogram_quantile\(\s*([\d.]+)", expr)
+            }
             if not shown >= QUANTILES:
                 continue
         return
-    pytest.fail(f"no panel shows {area} ({wanted} by {sorted(breakdown) or 'total'}"
-                + (", p50/p95/p99)" if wanted.endswith("_bucket") else ")"))
+    pytest.fail(
+        f"no panel shows {area} ({wanted} by {sorted(breakdown) or 'total'}"
+        + (", p50/p95/p99)" if wanted.endswith("_bucket") else ")")
+    )
 
 
 def test_dashboard_shows_every_exported_metric() -> None:
     shown = set().union(*(series_names(expr) for _, expr, _ in dashboard_queries()))
-    missing = [name for name, (kind, _) in exported_metrics().items()
-               if not ({f"{name}_bucket", f"{name}_count"} & shown if kind == "histogram"
-                       else name in shown)]
+    missing = [
+        name
+        for name, (kind, _) in exported_metrics().items()
+        if not (
+            {f"{name}_bucket", f"{name}_count"} & shown if kind == "histogram" else name in shown
+        )
+    ]
     assert not missing, f"metrics exported but not on the dashboard: {missing}"
