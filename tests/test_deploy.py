@@ -527,6 +527,19 @@ tests:
       - eval_time: 30m
         alertname: TierstreamTimeTransitionsLate
         exp_alerts: []
+
+  - interval: 1m
+    input_series:
+      # Recovery left 3 keys unrecovered on w1; w2 is fine.
+      - series: 'tierstream_changelog_unrecovered_keys{instance="w1", table="customers"}'
+        values: '0 0 3x10'
+      - series: 'tierstream_changelog_unrecovered_keys{instance="w2", table="customers"}'
+        values: '0x12'
+    alert_rule_test:
+      - eval_time: 10m
+        alertname: TierstreamUnrecoveredState
+        exp_alerts:
+          - exp_labels: {severity: critical, instance: w1}
 """
 
 
