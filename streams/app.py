@@ -159,6 +159,7 @@ def campaign_policy(rules: Rules, settings: Settings) -> CampaignPolicy:
 def create_app(settings: Settings, *, rules: Rules | None = None) -> tuple[faust.App, Runtime]:
     from agents.readmodel import register_readmodel_agent
     from agents.segment import register_segment_agent
+    from streams.lag import register_lag_monitor
     from streams.models import register_cutpoint_refresh, register_model_refits
     from streams.recovery_check import install as install_recovery_check
     from streams.shadow_view import register_shadow_view
@@ -207,4 +208,5 @@ def create_app(settings: Settings, *, rules: Rules | None = None) -> tuple[faust
     register_shadow_view(runtime)
     register_model_refits(runtime)
     register_cutpoint_refresh(runtime)
+    register_lag_monitor(runtime)
     return app, runtime

@@ -69,10 +69,26 @@ def render_profile(p: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _counts_table(title: str, counts: dict[str, int]) -> list[str]:
+    total = sum(counts.values())
+    rows = [(title, "customers", "share")]
+    rows += [(name, f"{n:,}", f"{n / total:.1%}" if total else "-") for name, n in counts.items()]
+    rows.append(("total", f"{total:,}", "100.0%" if total else "-"))
+    name_w = max(len(r[0]) for r in rows)
+    count_w = max(len(r[1]) for r in rows)
+    share_w = max(len(r[2]) for r in rows)
+    lines = [f"  {a.ljust(name_w)}  {b.rjust(count_w)}  {c.rjust(share_w)}" for a, b, c in rows]
+    rule = f"  {'-' * name_w}  {'-' * count_w}  {'-' * share_w}"
+    return [lines[0], rule, *lines[1:-1], rule, lines[-1]]
+
+
 def render_tiers(body: dict[str, Any]) -> str:
-    tiers, stages = body.get("tiers", {}), body.get("stages", {})
-    total = sum(tiers.values()) or 1
-    rows = [("tier", "customers")] + [(t, f"{n:>8,}  {n / total:6.1%}") for t, n in tiers.items()]
-    rows += [("", ""), ("stage", "customers")]
-    rows += [(s, f"{n:>8,}  {n / total:6.1%}") for s, n in stages.items()]
-    return f"rules {body.get('rules_version', '-')}\n" + _table(rows)
+    """Customers per tier and per lifecycle stage, with shares and totals (every customer has
+    one tier and one stage, so both totals are the number of customers in the read model)."""
+    tiers: dict[str, int] = body.get("tiers") or {}
+    stages: dict[str, int] = body.get("stages") or {}
+    lines = [f"rules {body.get('rules_version', '-')}", ""]
+    lines += _counts_table("tier", tiers)
+    lines.append("")
+    lines += _counts_table("stage", stages)
+    return "\n".join(lines)
