@@ -680,7 +680,6 @@ def test_metrics_file_follows_prometheus_conventions() -> None:
 def test_metrics_file_matches_the_worker_registry() -> None:
     pytest.importorskip("prometheus_client")
     from streams import metrics as worker_metrics
-
     from streams.recovery_check import RecoveryCheck
 
     created = worker_metrics.create()
