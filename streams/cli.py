@@ -165,7 +165,15 @@ def _cmd_bench_ticks(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from streams.bench import run_bench
 
-    return run_bench(customers=args.customers, events=args.events, out=args.out)
+    return run_bench(
+        customers=args.customers,
+        events=args.events,
+        out=args.out,
+        workers=args.workers,
+        partitions=args.partitions,
+        latency_seconds=args.latency_seconds,
+        seed=args.seed,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -234,6 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--customers", type=int, default=100_000)
     p.add_argument("--events", type=int, default=1_000_000)
     p.add_argument("--out", default=None, help="write the results as JSON to this file")
+    p.add_argument("--workers", type=int, default=1, help="also measure N workers in one group")
+    p.add_argument("--partitions", type=int, default=8)
+    p.add_argument("--latency-seconds", type=float, default=30.0)
+    p.add_argument("--seed", type=int, default=7)
     p.set_defaults(func=_cmd_bench)
     p = sub.add_parser("bench-ticks", help="per-tick cost against the customers held")
     p.add_argument("--large", type=int, default=1_000_000)

@@ -1,0 +1,322 @@
+"""The benchmark's three baselines, each run in a child process of its own (so its RSS and CPU are
+its own), reading the pre-published workload from the beginning with its own consumer group:
+
+- ``raw``: an aiokafka ``getmany()`` loop, orjson parse and a dict update per event: the ceiling
+  for a Python consumer;
+- ``empty_faust``: a Faust agent doing the same per-event work (parse, dict update) and nothing
+  else: Faust's own per-event floor;
+- ``naive_faust``: a Faust agent doing ``table[customer_id] += amount``, one table write (so one
+  changelog send) per event: what a user writes by hand.
+
+Both Faust baselines run with the pipeline's own Faust settings (`streams.app.faust_settings`) and
+`FAST_GROUP_SETTINGS`. A child writes its result as JSON to `--result` when it has consumed
+`--expected` events; the parent then stops it.
+
+Run by `streams.bench`: ``python -m streams.bench_baselines KIND --broker ... --group ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+
+from streams.bench_workload import EVENT_TOPICS
+
+KINDS: Final = ("raw_aiokafka", "empty_faust", "naive_faust")
+
+
+def proc_status_bytes(pid: int | str, field: str) -> int | None:
+    """A `VmHWM`/`VmRSS`-style field of /proc/<pid>/status, in bytes (None off Linux)."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(field + ":"):
+            parts = line.split()
+            return int(parts[1]) * 1024 if len(parts) >= 2 else None
+    return None
+
+
+def proc_cpu_seconds(pid: int | str) -> float | None:
+    """User + system CPU seconds of a process so far, from /proc/<pid>/stat."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2 :].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def _self_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class Meter:
+    """Counts events; at the first it notes the time and CPU, at `expected` it writes the result."""
+
+    def __init__(self, kind: str, expected: int, result: Path) -> None:
+        self.kind, self.expected, self.result = kind, expected, result
+        self.count = 0
+        self.started = 0.0
+        self.cpu_started = 0.0
+        self.done = False
+
+    def tick(self, n: int = 1) -> None:
+        if self.count == 0:
+            self.started = time.perf_counter()
+            self.cpu_started = _self_cpu()
+        self.count += n
+        if not self.done and self.count >= self.expected:
+            self.done = True
+            self.write()
+
+    def write(self) -> None:
+        seconds = max(time.perf_counter() - self.started, 1e-9)
+        cpu = _self_cpu() - self.cpu_started
+        doc = {
+            "kind": self.kind,
+            "events": self.count,
+            "seconds": seconds,
+            "events_per_s": self.count / seconds,
+            "cpu_seconds": cpu,
+            "cpu_us_per_event": cpu / self.count * 1e6,
+            "peak_rss_bytes": proc_status_bytes("self", "VmHWM"),
+            "pid": os.getpid(),
+        }
+        tmp = self.result.with_suffix(".tmp")
+        tmp.write_bytes(orjson.dumps(doc))
+        tmp.replace(self.result)  # atomic: the parent never reads half a file
+
+
+# -- child side ---------------------------------------------------------------------------
+
+
+async def _raw(bootstrap: str, group: str, meter: Meter) -> None:
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(
+        *EVENT_TOPICS,
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        auto_offset_reset="earliest",
+        enable_auto_commit=True,
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=1000,
+        rebalance_timeout_ms=4000,
+    )
+    await consumer.start()
+    counts: dict[str, int] = {}
+    try:
+        while not meter.done:
+            batch = await consumer.getmany(timeout_ms=500, max_records=10_000)
+            for records in batch.values():
+                for record in records:
+                    doc = orjson.loads(record.value)
+                    cid = doc["customer_id"]
+                    counts[cid] = counts.get(cid, 0) + 1
+                meter.tick(len(records))
+    finally:
+        await consumer.stop()
+
+
+def _faust_app(kind: str, broker: str, group: str, partitions: int, data_dir: str) -> Any:
+    """A Faust app with the pipeline's settings (as `tierstream worker` would build them)."""
+    import faust
+
+    from streams.app import faust_settings
+    from streams.embedded import FAST_GROUP_SETTINGS, free_port
+    from streams.settings import load_settings
+
+    env = {
+        **os.environ,
+        "TIERSTREAM_BROKER": broker,
+        "TIERSTREAM_APP_ID": group,
+        "TIERSTREAM_PARTITIONS": str(partitions),
+        "TIERSTREAM_DATA_DIR": data_dir,
+        "TIERSTREAM_WEB_PORT": str(free_port()),
+        "TIERSTREAM_FAST_GROUP_JOIN": "true",
+    }
+    conf = faust_settings(load_settings(env))
+    conf.update(FAST_GROUP_SETTINGS)
+    return faust.App(group, **conf)
+
+
+def _run_faust(
+    kind: str, broker: str, group: str, partitions: int, data_dir: str, meter: Meter
+) -> None:
+    import faust
+    from faust.worker import Worker
+
+    from streams.app import RAW
+
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    app = _faust_app(kind, broker, group, partitions, data_dir)
+    topic = app.topic(*EVENT_TOPICS, **RAW, partitions=partitions)
+    if kind == "empty_faust":
+        counts: dict[str, int] = {}
+
+        async def count(stream: faust.StreamT) -> None:
+            async for event in stream.events():
+                doc = orjson.loads(event.value)
+                cid = doc["customer_id"]
+                counts[cid] = counts.get(cid, 0) + 1
+                meter.tick()
+
+        app.agent(topic, name="bench.empty")(count)
+    else:
+        totals = app.Table(
+            "naive-totals",
+            default=float,
+            key_type=str,
+            value_type=float,
+            partitions=partitions,
+        )
+
+        async def naive(stream: faust.StreamT) -> None:
+            async for event in stream.events():
+                doc = orjson.loads(event.value)
+                amount = doc.get("amount")
+                totals[doc["customer_id"]] += float(amount) if amount is not None else 1.0
+                meter.tick()
+
+        app.agent(topic, name="bench.naive")(naive)
+    worker = Worker(app, loglevel="warning", quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()
+
+
+def child_main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m streams.bench_baselines")
+    parser.add_argument("kind", choices=KINDS)
+    parser.add_argument("--broker", required=True, help="kafka://host:port (Faust form)")
+    parser.add_argument("--group", required=True, help="consumer group / Faust app id")
+    parser.add_argument("--expected", type=int, required=True)
+    parser.add_argument("--partitions", type=int, required=True)
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--result", required=True)
+    args = parser.parse_args(argv)
+    from streams.settings import bootstrap_servers
+
+    meter = Meter(args.kind, args.expected, Path(args.result))
+    if args.kind == "raw_aiokafka":
+        asyncio.run(_raw(bootstrap_servers(args.broker), args.group, meter))
+    else:
+        _run_faust(args.kind, args.broker, args.group, args.partitions, args.data_dir, meter)
+    return 0
+
+
+# -- parent side --------------------------------------------------------------------------
+
+
+class BaselineError(RuntimeError):
+    pass
+
+
+def run_baseline(
+    kind: str,
+    *,
+    broker: str,
+    group: str,
+    expected: int,
+    partitions: int,
+    workdir: Path,
+    env: Mapping[str, str] | None = None,
+    stall_timeout: float = 180.0,
+    timeout: float | None = None,
+) -> dict[str, Any]:
+    """Run one baseline child until it reports `expected` events; returns its result, plus the
+    broker-independent figures the parent sees (wall time including start-up)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    result = workdir / f"{kind}.json"
+    log_path = workdir / f"{kind}.log"
+    result.unlink(missing_ok=True)
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "streams.bench_baselines",
+                kind,
+                "--broker",
+                broker,
+                "--group",
+                group,
+                "--expected",
+                str(expected),
+                "--partitions",
+                str(partitions),
+                "--data-dir",
+                str(workdir / f"{kind}-data"),
+                "--result",
+                str(result),
+            ],
+            env={**os.environ, **(env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    started = time.monotonic()
+    # Generous: the slowest baseline (the naive agent) makes ~2,000 events/s on one core.
+    deadline = started + (timeout if timeout is not None else 300.0 + expected / 200)
+    try:
+        last_cpu, last_change = 0.0, time.monotonic()
+        while not result.exists():
+            if time.monotonic() > deadline:
+                raise BaselineError(
+                    f"baseline {kind} did not consume {expected:,} events in "
+                    f"{deadline - started:.0f}s: {_tail(log_path)}"
+                )
+            if proc.poll() is not None:
+                raise BaselineError(
+                    f"baseline {kind} exited with {proc.returncode}: {_tail(log_path)}"
+                )
+            cpu = proc_cpu_seconds(proc.pid) or 0.0
+            if cpu > last_cpu + 0.05:
+                last_cpu, last_change = cpu, time.monotonic()
+            elif time.monotonic() - last_change > stall_timeout:
+                raise BaselineError(
+                    f"baseline {kind} made no progress for {stall_timeout:.0f}s: {_tail(log_path)}"
+                )
+            time.sleep(0.2)
+        doc: dict[str, Any] = orjson.loads(result.read_bytes())
+        doc["wall_seconds_with_startup"] = time.monotonic() - started
+        return doc
+    finally:
+        _stop(proc)
+
+
+def _stop(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    except ProcessLookupError:
+        pass
+
+
+def _tail(path: Path, chars: int = 2000) -> str:
+    try:
+        return path.read_bytes()[-chars:].decode(errors="replace")
+    except OSError:
+        return "(no log)"
+
+
+if __name__ == "__main__":
+    sys.exit(child_main())

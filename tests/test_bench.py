@@ -1,0 +1,118 @@
+"""`tierstream bench` end to end at a tiny size: every phase runs (baselines, the real worker,
+the sample check, state size, latency, two workers), and the JSON holds every figure the design
+names. No timing thresholds: the figures live in the benchmark's output, not in the tests."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from streams.bench import compare_profiles, render_table, run_bench
+from streams.bench_workload import EVENT_TOPICS, generate, percentile
+from streams.embedded import MissingDependency, _redis_server_binary
+
+REQUIRED = (
+    "pipeline.events_per_s",
+    "pipeline.p50_latency_s",
+    "pipeline.p99_latency_s",
+    "pipeline.state_bytes_per_customer",
+    "pipeline.peak_rss_bytes",
+    "baselines.raw_aiokafka.events_per_s",
+    "baselines.empty_faust.events_per_s",
+    "baselines.naive_faust.events_per_s",
+    "ratios.pipeline_over_naive",
+    "ratios.pipeline_over_empty_faust",
+    "ratios.pipeline_over_raw_aiokafka",
+    "scaling.events_per_s",
+    "scaling.ratio_over_one",
+    "machine.nproc",
+)
+
+
+def _get(doc: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        assert isinstance(doc, dict) and part in doc, f"missing {dotted}"
+        doc = doc[part]
+    return doc
+
+
+def test_workload_is_seeded_valid_and_covers_every_customer() -> None:
+    from segmentation.events import parse_event
+
+    a = generate(50, 400, seed=3, now_ms=1_780_000_000_000)
+    b = generate(50, 400, seed=3, now_ms=1_780_000_000_000)
+    assert a.values == b.values and len(a) == 400
+    assert set(a.customer_of) == set(range(50))
+    assert set(a.per_topic) == set(EVENT_TOPICS) and all(a.per_topic.values())
+    for topic, key, value in a.records():
+        event = parse_event(topic, value, now_ms=1_780_000_000_000)
+        assert event.customer_id.encode() == key
+        assert 1_780_000_000_000 - 181 * 86_400_000 < event.occurred_ms < 1_780_000_000_000
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 99) == 99.0
+    assert percentile([7.0], 99) == 7.0
+
+
+def test_compare_profiles_reports_differences_within_tolerance() -> None:
+    base = {"tier": "vip", "rfm": {"monetary": 10.0}, "engagement": {"score": 1.0}}
+    assert compare_profiles(base, base) == []
+    close = {"tier": "vip", "rfm": {"monetary": 10.001}, "engagement": {"score": 1.00001}}
+    assert compare_profiles(close, base) == []
+    other = {"tier": "active", "rfm": {"monetary": 10.0}, "engagement": {"score": 1.0}}
+    assert compare_profiles(other, base) == ["tier: pipeline 'active' != core 'vip'"]
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_bench_end_to_end_tiny(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    try:
+        _redis_server_binary()
+    except MissingDependency as exc:
+        if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
+            pytest.fail(f"CI is set, so not skipping: {exc}", pytrace=False)
+        pytest.skip(str(exc))
+    # The bench starts its own embedded stack unless told otherwise.
+    for name in ("TIERSTREAM_BROKER", "TIERSTREAM_REDIS_URL", "TIERSTREAM_RULES"):
+        monkeypatch.delenv(name, raising=False)
+    out = tmp_path / "bench.json"
+    code = run_bench(
+        customers=2_000,
+        events=10_000,
+        out=str(out),
+        workers=2,
+        partitions=4,
+        latency_seconds=3.0,
+        sample=100,
+    )
+    printed = capsys.readouterr()
+    assert code == 0, printed.err[-3000:]
+    doc = orjson.loads(out.read_bytes())
+    for key in REQUIRED:
+        value = _get(doc, key)
+        assert isinstance(value, int | float) and not isinstance(value, bool), key
+        assert math.isfinite(value) and value > 0, f"{key} = {value!r}"
+    pipeline = doc["pipeline"]
+    assert pipeline["sample_checked"] == 100
+    assert pipeline["sample_mismatches"] == 0, pipeline["sample_mismatch_examples"]
+    assert pipeline["latency"]["missing"] == 0
+    assert pipeline["dead_letters"] == 0
+    assert pipeline["customers"] >= 2_000  # every customer has a state record
+    assert doc["workload"]["events"] == 10_000
+    assert doc["date"] and doc["machine"]["cpu_model"]
+    # The table is what a person reads: the figures and the ratios are in it.
+    assert "raw aiokafka" in printed.out and "pipeline / naive Faust" in printed.out
+    assert render_table(doc) in printed.out
+    for phase in ("baseline", "pipeline", "latency", "state bytes", "scaling", "peak RSS"):
+        assert phase in printed.err
