@@ -38,6 +38,8 @@ def run_worker(settings: Settings | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    for warning in settings.warnings:
+        logging.getLogger("tierstream").warning(warning)
     # Every input topic must exist with the same partition count before Faust subscribes
     # (tables are co-partitioned with their stream; some brokers auto-create with a default).
     asyncio.run(create_topics(bootstrap_servers(settings.broker), ALL_TOPICS, settings.partitions))
