@@ -51,13 +51,16 @@ def suppression(
 EVENTS = [
     # vic: first purchase late in the evening -> welcome, held until 09:00 local.
     purchase("v1", "vic", LATE_EVENING),
-    # una unsubscribed from email before her first purchase: her welcome is suppressed.
-    suppression("u0", "una", LATE_EVENING - DAY_MS, "unsubscribe"),
-    purchase("u1", "una", LATE_EVENING),
+    # una unsubscribed from email before her first purchase: her welcome is suppressed (the
+    # unsubscribe is published, and consumed, first: see UNSUBSCRIBE_FIRST).
     # eve buys, then asks to be erased; a later event of hers must change nothing.
     purchase("e1", "eve", LATE_EVENING),
     purchase("e2", "eve", LATE_EVENING + 2 * DAY_MS),
 ]
+# Records of different topics have no order between them: una's unsubscribe goes first alone.
+UNSUBSCRIBE_FIRST = [suppression("u0", "una", LATE_EVENING - DAY_MS, "unsubscribe")]
+EVENTS.append(purchase("u1", "una", LATE_EVENING))
+
 AFTER_ERASE = [
     suppression("e3", "eve", LATE_EVENING + 3 * DAY_MS, "erase", "all"),
     purchase("e4", "eve", LATE_EVENING + 4 * DAY_MS),
@@ -85,8 +88,10 @@ def worker(
 ) -> Iterator[WorkerProcess]:
     w = start_worker(stack, tmp_path_factory.mktemp("campaigns"), "worker")
     try:
+        send(stack, UNSUBSCRIBE_FIRST)
+        wait_consumed(w, 1)
         send(stack, EVENTS)
-        wait_consumed(w, len(EVENTS))
+        wait_consumed(w, 1 + len(EVENTS))
         yield w
     finally:
         w.stop()

@@ -374,8 +374,10 @@ def test_misrouted_records_are_forwarded_once(stack: EmbeddedStack, worker: Work
     asyncio.run(produce())
     # 3 records read on the wrong partition, forwarded, and read again on the right one.
     worker.wait_for(
-        lambda m: m.get("tierstream_events_forwarded_total", 0) >= forwarded + 3
-        and m["tierstream_events_consumed_total"] >= consumed + 6,
+        lambda m: (
+            m.get("tierstream_events_forwarded_total", 0) >= forwarded + 3
+            and m["tierstream_events_consumed_total"] >= consumed + 6
+        ),
         timeout=60,
         what="forwarded records consumed",
     )
@@ -391,10 +393,11 @@ def test_metrics_and_health(worker: WorkerProcess) -> None:
     assert status == 200 and orjson.loads(body)["redis"] == "ok"
     metrics = worker.metrics()
     assert metrics["tierstream_events_consumed_total{topic=purchases}"] >= 4
-    assert (
-        metrics[
-            "tierstream_transitions_total{cause=event,from_state=prospect,kind=stage,to_state=new}"
-        ]
-        == 1
+    # New customers, from nothing or from prospect (cross-topic order decides which).
+    new = sum(
+        v
+        for k, v in metrics.items()
+        if k.startswith("tierstream_transitions_total{cause=event,")
+        and "kind=stage,to_state=new" in k
     )
-
+    assert new >= 3  # alice, bob, dave
