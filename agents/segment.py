@@ -12,6 +12,8 @@ import base64
 import hashlib
 import logging
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import faust
@@ -19,13 +21,14 @@ import orjson
 
 from segmentation.dueindex import due_states
 from segmentation.errors import InvalidEvent
-from segmentation.events import SUPPRESSIONS, InputEvent, parse_event
+from segmentation.events import INPUT_TOPICS, SUPPRESSIONS, InputEvent, parse_event
 from segmentation.quantiles import CutPoints
 from segmentation.state import NO_TIME, CustomerState
 from segmentation.step import StepResult, apply_event, reevaluate
 from segmentation.timeutil import HOUR_MS, to_rfc3339
 from streams import topics as names
 from streams.app import Runtime
+from streams.ordering import InOrderAcks, PartitionOrder
 from streams.partitioning import partition_for
 
 log = logging.getLogger("tierstream.segment")
@@ -34,6 +37,23 @@ log = logging.getLogger("tierstream.segment")
 CLOCK_KEY = b"\x00clock:%d"
 CUTPOINTS_KEY = b"\x00cutpoints:%d"
 ERASED_PREFIX = b"\x00erased:"
+# Per input topic-partition: every record at or before this offset was folded. A redelivery
+# (a crash between fold and commit, a consumer group reset to the start) is recognised by its
+# offset whatever the event-id window holds.
+APPLIED_KEY = b"\x00applied:%s:%d"
+APPLIED_SAVE_EVERY = 1000  # records, or...
+APPLIED_SAVE_SECONDS = 1.0  # ...seconds, whichever comes first: one table write, not one per record
+FLUSH = orjson.dumps({"flush": True})
+
+
+@dataclass(slots=True)
+class Pending:
+    """A valid input record held for its event-time turn."""
+
+    message: Any
+    value: bytes
+    event: InputEvent
+    backfill: bool
 
 
 def erased_key(customer_id: str) -> bytes:
@@ -58,6 +78,55 @@ class SegmentProcessor:
 
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
+        self.orders: dict[int, PartitionOrder[Pending]] = {}
+        self.acks: InOrderAcks[Any] = InOrderAcks()
+        self.to_ack: list[Any] = []  # Faust events whose offsets may now be committed
+        self.applied: dict[tuple[str, int], int] = {}
+        self.applied_saved: dict[tuple[str, int], tuple[int, float]] = {}
+        self.flush_requested: set[int] = set()
+
+    # -- acknowledgement ---------------------------------------------------------------------
+    def finished(self, message: Any) -> None:
+        """The record is done (folded, dead-lettered, forwarded or skipped)."""
+        ready = self.acks.processed(message.tp, message.offset)
+        self.to_ack.extend(ready)
+        if ready and message.topic != names.TICKS:
+            key = (message.topic, message.partition)
+            self.applied[key] = max(self.applied.get(key, -1), self.acks.done_through[message.tp])
+
+    def save_applied(self, partition: int) -> None:
+        """Persist the folded offsets of this partition's input topics now and then (must run
+        while a record of `partition` is being processed: it writes the table)."""
+        now = time.monotonic()
+        for topic in INPUT_TOPICS:
+            key = (topic, partition)
+            done = self.applied.get(key)
+            if done is None:
+                continue
+            saved, at = self.applied_saved.get(key, (-1, 0.0))
+            if done > saved and (
+                done - saved >= APPLIED_SAVE_EVERY or now - at >= APPLIED_SAVE_SECONDS
+            ):
+                self.rt.customers[APPLIED_KEY % (topic.encode(), partition)] = str(done).encode()
+                self.applied_saved[key] = (done, now)
+
+    def forget(self, partitions: Iterable[int]) -> None:
+        """Partitions revoked: what is held here is redelivered to their next owner."""
+        gone = set(partitions)
+        for partition in gone:
+            self.orders.pop(partition, None)
+            self.flush_requested.discard(partition)
+        for key in [k for k in self.applied if k[1] in gone]:
+            self.applied.pop(key, None)
+            self.applied_saved.pop(key, None)
+        self.acks.forget(
+            [tp for tp in self.acks.topic_partitions() if getattr(tp, "partition", -1) in gone]
+        )
+        self.to_ack = [e for e in self.to_ack if e.message.partition not in gone]
+        self.rt.metrics.events_held.set(self.held())
+
+    def held(self) -> int:
+        return sum(len(order) for order in self.orders.values())
 
     # -- bad input ---------------------------------------------------------------------------
     async def dead_letter(
@@ -108,20 +177,52 @@ class SegmentProcessor:
     # -- records -----------------------------------------------------------------------------
     async def handle(self, message: Any, value: bytes | None) -> None:
         rt = self.rt
-        topic = message.topic
+        topic, partition = message.topic, message.partition
         backfill = _header(message.headers, names.BACKFILL_HEADER) is not None
         if topic == names.TICKS:
-            await self.handle_tick(message.partition, value, backfill)
+            self.flush_requested.discard(partition)
+            await self.handle_tick(partition, value, backfill)
+            self.finished(message)
+            self.save_applied(partition)
             return
         rt.metrics.events_consumed.labels(topic=topic).inc()
+        self._ensure_index(partition)
+        order = self.order(partition)
+        order.note_arrival(topic, rt.now_ms())
+        if message.offset <= self.applied.get((topic, partition), -1):
+            # Folded before (redelivered after a crash or a group reset): nothing to do.
+            rt.metrics.events_ignored.labels(topic=topic, reason="redelivered").inc()
+            self.finished(message)
+            return
+        event = await self.decode(message, value)
+        if (
+            event is None
+            or value is None
+            or await self.forward_if_misrouted(message, value, event.customer_id)
+        ):
+            self.finished(message)
+        else:
+            order.hold(
+                topic,
+                event.occurred_ms,
+                message.offset,
+                Pending(message, value, event, backfill),
+                rt.now_ms(),
+            )
+        await self.release(partition)
+        self.save_applied(partition)
+
+    async def decode(self, message: Any, value: bytes | None) -> InputEvent | None:
+        """The validated event, or None once the record is in dead-letters."""
+        rt = self.rt
         if value is None:
             await self.dead_letter(
                 message, value, "empty_value", "record has no value (tombstone?)"
             )
-            return
+            return None
         try:
-            event = parse_event(
-                topic,
+            return parse_event(
+                message.topic,
                 value,
                 now_ms=rt.now_ms(),
                 base_currency=rt.settings.base_currency,
@@ -129,23 +230,73 @@ class SegmentProcessor:
             )
         except InvalidEvent as exc:
             await self.dead_letter(message, value, exc.reason, exc.detail)
-            return
-        if await self.forward_if_misrouted(message, value, event.customer_id):
-            return
-        cause = "backfill" if backfill else "event"
-        await self.retier_some(message.partition)
-        await self.advance(message.partition, event.occurred_ms, "backfill" if backfill else "time")
-        await self.apply(event, cause, message.partition)
+            return None
+
+    def order(self, partition: int) -> PartitionOrder[Pending]:
+        order = self.orders.get(partition)
+        if order is None:
+            s = self.rt.settings
+            order = self.orders[partition] = PartitionOrder(
+                INPUT_TOPICS,
+                idle_ms=s.order_idle_ms,
+                max_held=s.order_max_held,
+                now_ms=self.rt.now_ms(),
+            )
+        return order
+
+    async def release(self, partition: int, *, until_ms: int | None = None) -> None:
+        """Fold, in event-time order, every held record whose turn has come."""
+        rt = self.rt
+        released = self.order(partition).release(rt.now_ms(), until_ms=until_ms)
+        if released.forced:
+            rt.metrics.order_forced.inc(released.forced)
+        for pending in released.items:
+            try:
+                await self.fold(pending, partition)
+            except Exception as exc:  # the worker never dies on input
+                log.exception(
+                    "unexpected error on %s[%d]@%d",
+                    pending.message.topic,
+                    partition,
+                    pending.message.offset,
+                )
+                await self.dead_letter(
+                    pending.message, pending.value, "internal_error", repr(exc)[:500]
+                )
+            self.finished(pending.message)
+        rt.metrics.events_held.set(self.held())
+
+    async def fold(self, pending: Pending, partition: int) -> None:
+        rt, event = self.rt, pending.event
+        cause = "backfill" if pending.backfill else "event"
+        if event.occurred_ms < rt.clocks.get(partition, NO_TIME):
+            rt.metrics.events_late.labels(topic=event.topic).inc()
+        await self.retier_some(partition)
+        await self.advance(
+            partition, event.occurred_ms, "backfill" if pending.backfill else "time"
+        )
+        await self.apply(event, cause, partition)
 
     async def handle_tick(self, partition: int, value: bytes | None, backfill: bool) -> None:
         """A tick moves the clock: `{"t": ms, "live": true}` from the live-mode timer (wall
-        time), `{"t": ms}` from `tierstream advance` (an explicit event time)."""
+        time), `{"t": ms}` from `tierstream advance` (an explicit event time: every record held
+        up to it is folded first), `{"flush": true}` from the idle timer (release only)."""
         try:
             doc = orjson.loads(value or b"{}")
-            at_ms, live = int(doc["t"]), bool(doc.get("live", False))
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            flush = bool(doc.get("flush"))
+            at_ms, live = (0, False) if flush else (int(doc["t"]), bool(doc.get("live", False)))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
             log.warning("ignoring a malformed tick on partition %d", partition)
             return
+        self._ensure_index(partition)
+        if flush:
+            await self.release(partition)
+            return
+        await self.release(partition, until_ms=None if live else at_ms)
+        oldest = self.order(partition).oldest_ms()
+        if live and oldest is not None:
+            # Wall time does not overtake records still held for their turn.
+            at_ms = min(at_ms, oldest - 1)
         await self.retier_some(partition)
         await self.advance(partition, at_ms, "backfill" if backfill else "time", live=live)
 
@@ -217,6 +368,12 @@ class SegmentProcessor:
                 stale.append(key.decode())
         rt.due.build(partition, entries)
         rt.retier[partition] = stale
+        for topic in INPUT_TOPICS:
+            saved = rt.customers.get(APPLIED_KEY % (topic.encode(), partition))
+            if saved is not None:
+                key = (topic, partition)
+                self.applied[key] = max(self.applied.get(key, -1), int(saved))
+                self.applied_saved[key] = (int(saved), time.monotonic())
         stored = rt.customers.get(CLOCK_KEY % partition)
         clock = int(stored) if stored is not None else NO_TIME
         rt.clocks[partition] = max(rt.clocks.get(partition, NO_TIME), clock)
@@ -351,8 +508,11 @@ def register_segment_agent(runtime: Runtime) -> faust.types.AgentT:
     runtime.processor = processor
 
     async def segment(stream: faust.StreamT) -> None:
-        async for event in stream.events():
+        # Acks are ours: a record held for its event-time turn is not committed until folded.
+        manual = stream.noack()  # type: ignore[attr-defined]
+        async for event in manual.events():
             message = event.message
+            processor.acks.arrived(message.tp, message.offset, event)
             try:
                 await processor.handle(message, event.value)
             except Exception as exc:  # the worker never dies on input
@@ -373,10 +533,16 @@ def register_segment_agent(runtime: Runtime) -> faust.types.AgentT:
                         message.partition,
                         message.offset,
                     )
+                processor.finished(message)
+            ready, processor.to_ack = processor.to_ack, []
+            for done in ready:
+                await manual.ack(done)
 
     async def on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
         # Another worker may own these partitions now; rebuild from the table when they return.
-        runtime.due.drop({tp.partition for tp in revoked})
+        partitions = {tp.partition for tp in revoked}
+        runtime.due.drop(partitions)
+        processor.forget(partitions)
 
     runtime.app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
 
@@ -392,5 +558,18 @@ def register_segment_agent(runtime: Runtime) -> faust.types.AgentT:
             }
             for partition in sorted(owned):
                 await runtime.out[names.TICKS].send(key=None, value=now, partition=partition)
+
+    if runtime.settings.order_idle_ms > 0:
+
+        @runtime.app.timer(interval=min(1.0, max(0.05, runtime.settings.order_idle_ms / 4000)))
+        async def release_idle() -> None:
+            """Records held for a topic that has since gone quiet: a flush record through the
+            partition's stream folds them (only a stream may write the table)."""
+            now = runtime.now_ms()
+            for partition, order in list(processor.orders.items()):
+                if partition in processor.flush_requested or not order.release_possible(now):
+                    continue
+                processor.flush_requested.add(partition)
+                await runtime.out[names.TICKS].send(key=None, value=FLUSH, partition=partition)
 
     return runtime.app.agent(runtime.inputs, name="tierstream.segment")(segment)

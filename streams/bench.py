@@ -61,6 +61,7 @@ from streams.bench_workload import (
     percentile,
     publish_records,
 )
+from streams.harness import caught_up
 
 #: Partitions per input topic. 8 is `TIERSTREAM_PARTITIONS`' default, so the bench measures what a
 #: default deployment runs; it splits 4/4 for the two-worker figure and leaves room for 8 workers.
@@ -940,7 +941,7 @@ def run(
             # The read-model agent's batch window: let its last batch land.
             time.sleep(1.5)
             worker.wait_for(
-                lambda m: m.get("tierstream_redis_backlog", 1) == 0,
+                caught_up,
                 timeout=120,
                 what="Redis backlog 0",
             )

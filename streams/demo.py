@@ -21,7 +21,7 @@ from streams.embedded import (
     MissingDependency,
     create_topics,
 )
-from streams.harness import WorkerProcess, read_topic_sync
+from streams.harness import WorkerProcess, caught_up, read_topic_sync
 from streams.replay import Progress, publish, send_ticks
 from streams.report import build_report, render_html, render_text
 from streams.settings import bootstrap_servers, load_settings
@@ -36,7 +36,7 @@ def settle(worker: WorkerProcess) -> None:
     while True:
         time.sleep(2)
         sent = worker.metrics().get("tierstream_transitions_total", 0.0)
-        if sent == last and worker.metrics().get("tierstream_redis_backlog", 1) == 0:
+        if sent == last and caught_up(worker.metrics()):
             return
         last = sent
 
@@ -71,7 +71,7 @@ def wait_processed(worker: WorkerProcess, expected: int, label: str) -> float:
             finished = time.monotonic()
             bar.close(int(consumed))
             worker.wait_for(
-                lambda m: m.get("tierstream_redis_backlog", 1) == 0,
+                lambda m: caught_up(m),
                 timeout=600,
                 what="the Redis read model to catch up",
             )

@@ -22,6 +22,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from streams.embedded import free_port
 
 
+def caught_up(metrics: Mapping[str, float]) -> bool:
+    """Nothing left in the worker: no record held for its event-time turn (tierstream_events_held)
+    and no profile update waiting for Redis (tierstream_redis_backlog)."""
+    return (
+        metrics.get("tierstream_events_held", 1) == 0
+        and metrics.get("tierstream_redis_backlog", 1) == 0
+    )
+
+
 class WorkerProcess:
     """`tierstream worker` in a child process, with its own web port and log file."""
 
@@ -138,6 +147,7 @@ def _brief(sample: Mapping[str, float]) -> str:
         "tierstream_events_consumed_total",
         "tierstream_dead_letters_total",
         "tierstream_redis_backlog",
+        "tierstream_events_held",
     )
     return ", ".join(f"{k}={sample.get(k)}" for k in keys)
 

@@ -36,6 +36,9 @@ class Metrics:
     customers_erased: Counter
     events_ignored: Counter
     model_info: Gauge
+    events_held: Gauge
+    events_late: Counter
+    order_forced: Counter
 
 
 def create(registry: CollectorRegistry | None = None) -> Metrics:
@@ -144,6 +147,22 @@ def create(registry: CollectorRegistry | None = None) -> Metrics:
             p + "events_ignored_total",
             "Valid events that changed nothing: redelivered (duplicate) or of an erased customer",
             ["topic", "reason"],
+            registry=reg,
+        ),
+        events_held=Gauge(
+            p + "events_held",
+            "Input records held until every input topic has passed their event time",
+            registry=reg,
+        ),
+        events_late=Counter(
+            p + "events_late_total",
+            "Events folded after later events of their partition (arrived late)",
+            ["topic"],
+            registry=reg,
+        ),
+        order_forced=Counter(
+            p + "order_forced_total",
+            "Records folded before their event-time turn because too many were held",
             registry=reg,
         ),
     )

@@ -43,6 +43,8 @@ KNOWN_VARIABLES: Final = frozenset(
         "TIERSTREAM_MAX_FUTURE_SECONDS",
         "TIERSTREAM_LIVE_CLOCK",
         "TIERSTREAM_TICK_SECONDS",
+        "TIERSTREAM_ORDER_IDLE_MS",
+        "TIERSTREAM_ORDER_MAX_HELD",
         "TIERSTREAM_HOLDOUT_SHARE",
         "TIERSTREAM_CAMPAIGNS_ON_BACKFILL",
         "TIERSTREAM_DEFAULT_TIMEZONE",
@@ -119,6 +121,11 @@ class Settings:
     max_future_seconds: int
     live_clock: bool
     tick_seconds: float
+    # Event-time order across the input topics of a partition (streams/ordering.py): a record
+    # waits until every other input topic has passed its time or been quiet this long (0: fold
+    # in arrival order), and at most this many records are held per partition.
+    order_idle_ms: int
+    order_max_held: int
     # None: the rules file's [campaigns] value (or its default) holds.
     holdout_share: float | None
     default_timezone: str | None
@@ -531,6 +538,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_future_seconds=_int(env, "TIERSTREAM_MAX_FUTURE_SECONDS", 86_400, 0, 365 * 86_400),
         live_clock=_bool(env, "TIERSTREAM_LIVE_CLOCK", True),
         tick_seconds=_float(env, "TIERSTREAM_TICK_SECONDS", 1.0, 0.05, 3600),
+        order_idle_ms=_int(env, "TIERSTREAM_ORDER_IDLE_MS", 1000, 0, 3_600_000),
+        order_max_held=_int(env, "TIERSTREAM_ORDER_MAX_HELD", 100_000, 1, 10_000_000),
         holdout_share=(
             _float(env, "TIERSTREAM_HOLDOUT_SHARE", 0.10, 0.0, 1.0)
             if env.get("TIERSTREAM_HOLDOUT_SHARE")

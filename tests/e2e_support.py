@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from streams.embedded import EmbeddedStack, MissingDependency, create_topics
-from streams.harness import WorkerProcess, read_topic_sync
+from streams.harness import WorkerProcess, caught_up, read_topic_sync
 from streams.replay import publish
 from streams.topics import ALL_TOPICS
 
@@ -95,7 +95,7 @@ def wait_consumed(
             m.get("tierstream_events_consumed_total", 0)
             - m.get("tierstream_events_forwarded_total", 0)
             >= total
-            and m.get("tierstream_redis_backlog", 1) == 0
+            and caught_up(m)
         ),
         timeout=timeout,
         what=f"{total:.0f} events consumed and written to Redis",
@@ -109,7 +109,7 @@ def settle(worker: WorkerProcess, seconds: float = 1.5) -> None:
     """Let the read-model agent's batch window pass."""
     time.sleep(seconds)
     worker.wait_for(
-        lambda m: m.get("tierstream_redis_backlog", 1) == 0, timeout=60, what="Redis backlog 0"
+        lambda m: caught_up(m), timeout=60, what="Redis backlog 0"
     )
 
 

@@ -96,6 +96,8 @@ def make_settings(tmp_path: Path, redis_url: str, **extra: str) -> Settings:
         "TIERSTREAM_DATA_DIR": str(tmp_path / "data"),
         "TIERSTREAM_REDIS_URL": redis_url,
         "TIERSTREAM_STORE": "memory",
+        # Fold on arrival (the event-time order across topics has its own tests below).
+        "TIERSTREAM_ORDER_IDLE_MS": "0",
         **extra,
     }
     return load_settings(env)
@@ -162,14 +164,17 @@ class SegmentHarness:
         key: bytes | None = None,
         partition: int | None = None,
         headers: list[tuple[str, bytes]] | None = None,
+        offset: int | None = None,
+        wait: bool = True,
     ) -> Message:
-        """Deliver one raw record as the consumer would, and return once the agent is done."""
+        """Deliver one raw record as the consumer would, and return once the agent is done
+        (has acked it; with `wait=False`, once the agent has taken it)."""
         if partition is None:
             partition = partition_for(key, PARTITIONS) if key else 0
         message = Message(
             topic=topic,
             partition=partition,
-            offset=next(self.offsets),
+            offset=next(self.offsets) if offset is None else offset,
             timestamp=time.time(),
             timestamp_type=0,
             headers=headers or [],
@@ -180,6 +185,9 @@ class SegmentHarness:
         )
         channel = self.agent.stream().channel
         await channel.put(await channel.decode(message))
+        if not wait:
+            await eventually(self.idle, poll=0)
+            return message
 
         async def processed() -> bool:
             return bool(message.acked) or bool(self.agent.crashed)
@@ -188,6 +196,10 @@ class SegmentHarness:
         # The worker never dies on input: nothing escaped the agent body.
         assert not self.agent.crashed, self.agent.crash_reason
         return message
+
+    async def idle(self) -> bool:
+        """The agent has taken every record put on its channel."""
+        return bool(self.agent.stream().channel.queue.empty()) or bool(self.agent.crashed)
 
     def sent(self, topic: str) -> list[tuple[bytes | None, Any]]:
         """(key, decoded JSON value or None) of every send to `topic`, in order."""
@@ -490,6 +502,109 @@ async def test_redelivery_changes_nothing(segment: SegmentHarness) -> None:
     assert len(segment.sent(names.PROFILES)) == 1
     assert segment.sent(names.DEAD_LETTERS) == []
     assert metric(segment.runtime, "tierstream_events_consumed_total", topic=PURCHASES) == 2
+
+
+@pytest.fixture
+async def ordered(tmp_path: Path) -> AsyncIterator[SegmentHarness]:
+    """The segment agent with the event-time order across topics on (a quiet topic releases
+    after a minute, so only the records and explicit clock moves of a test release anything)."""
+    settings = make_settings(tmp_path, closed_redis_url(), TIERSTREAM_ORDER_IDLE_MS="60000")
+    app, runtime = create_app(settings)
+    sends: dict[str, AsyncMock] = {}
+    for name, topic in runtime.out.items():
+        sends[name] = AsyncMock(name=f"{name}.send")
+        topic.send = sends[name]  # type: ignore[method-assign]
+    agent = app.agents[SEGMENT]
+    async with agent.test_context() as tested:
+        yield SegmentHarness(app, runtime, tested, sends, itertools.count(100))
+    assert not tested.crashed
+    await runtime.redis.aclose()
+
+
+def email_open(customer_id: str, event_id: str, occurred_ms: int) -> bytes:
+    return orjson.dumps(
+        {
+            "event_id": event_id,
+            "customer_id": customer_id,
+            "occurred_at": occurred_ms,
+            "message_id": f"m-{event_id}",
+        }
+    )
+
+
+async def test_records_wait_for_the_other_topics_and_fold_in_event_time_order(
+    ordered: SegmentHarness,
+) -> None:
+    """The purchase arrives first but happened after the open: it is held (not acked, nothing
+    published) until the clock is moved past both, then both fold, the open first."""
+    rt = ordered.runtime
+    start = wall_ms() - 10 * DAY_MS
+    key = b"c-order"
+    partition = partition_for(key, PARTITIONS)
+    bought = await ordered.deliver(
+        PURCHASES, purchase("c-order", "p1", "o1", "80", start + DAY_MS), key=key, wait=False
+    )
+    opened = await ordered.deliver(
+        "email-opens", email_open("c-order", "m1", start), key=key, wait=False
+    )
+    assert not bought.acked and not opened.acked
+    assert ordered.sent(names.PROFILES) == []
+    assert metric(rt, "tierstream_events_held") == 2
+
+    tick = orjson.dumps({"t": start + 2 * DAY_MS})
+    await ordered.deliver(names.TICKS, tick, partition=partition)
+    assert bought.acked and opened.acked
+    assert metric(rt, "tierstream_events_held") == 0
+    profiles = [doc for _, doc in ordered.sent(names.PROFILES)]
+    assert len(profiles) == 2
+    # Folded in event-time order: the open (no purchase yet), then the purchase.
+    assert profiles[0]["rfm"]["frequency"] == 0
+    assert profiles[1]["rfm"]["frequency"] == 1
+    assert profiles[1]["engagement"]["score"] > 0
+    assert metric(rt, "tierstream_events_late_total", topic=PURCHASES) is None
+
+
+async def test_acks_are_a_prefix_of_each_topic_partition(ordered: SegmentHarness) -> None:
+    """A later record of the same topic-partition that is folded is not acked while an earlier
+    one is still held: Kafka commits offsets as 'everything before this is done'."""
+    start = wall_ms() - 10 * DAY_MS
+    key = b"c-prefix"
+    held = await ordered.deliver(
+        PURCHASES, purchase("c-prefix", "p1", "o1", "10", start + DAY_MS), key=key, wait=False
+    )
+    bad = await ordered.deliver(PURCHASES, b"not json", key=key, wait=False)
+    assert len(ordered.sent(names.DEAD_LETTERS)) == 1  # the bad record is done at once...
+    assert not bad.acked and not held.acked  # ...but waits behind the held one
+    tick = orjson.dumps({"t": start + 2 * DAY_MS})
+    await ordered.deliver(names.TICKS, tick, partition=partition_for(key, PARTITIONS))
+    assert held.acked and bad.acked
+
+
+async def test_a_record_at_or_below_the_folded_offsets_is_a_redelivery(
+    segment: SegmentHarness,
+) -> None:
+    """After a crash or a consumer group reset the same offsets come again: skipped by offset,
+    whatever the event-id window still holds."""
+    rt = segment.runtime
+    key = b"c-offset"
+    first = purchase("c-offset", "e1", "o1", "10", wall_ms() - 3 * DAY_MS)
+    second = purchase("c-offset", "e2", "o2", "20", wall_ms() - 2 * DAY_MS)
+    await segment.deliver(PURCHASES, first, key=key, offset=0)
+    await segment.deliver(PURCHASES, second, key=key, offset=1)
+    stored = rt.customers.get(key)
+    profiles = len(segment.sent(names.PROFILES))
+
+    # The state forgot its event ids (as after a long history): the offsets still tell.
+    state = CustomerState.from_bytes(stored)
+    state.seen.clear()
+    rt.customers.data[key] = state.to_bytes()  # the store itself: no changelog outside a stream
+    await segment.deliver(PURCHASES, first, key=key, offset=0)
+    await segment.deliver(PURCHASES, second, key=key, offset=1)
+    assert len(segment.sent(names.PROFILES)) == profiles
+    assert CustomerState.from_bytes(rt.customers[key]).frequency() == 2
+    assert (
+        metric(rt, "tierstream_events_ignored_total", topic=PURCHASES, reason="redelivered") == 2
+    )
 
 
 def _customer_and_wrong_partition(customer_id: str) -> tuple[bytes, int, int]:

@@ -11,7 +11,7 @@ import pytest
 
 from segmentation.timeutil import DAY_MS, parse_rfc3339, to_rfc3339
 from streams.embedded import EmbeddedStack
-from streams.harness import WorkerProcess
+from streams.harness import WorkerProcess, caught_up
 from streams.replay import send_ticks
 from tests.e2e_support import fresh_stack, profile, send, start_worker, topic_values, wait_consumed
 
@@ -55,12 +55,12 @@ def worker(
 def advance(stack: EmbeddedStack, worker: WorkerProcess, at_ms: int) -> None:
     asyncio.run(send_ticks(stack.bootstrap, at_ms))
     worker.wait_for(
-        lambda m: m.get("tierstream_redis_backlog", 1) == 0, timeout=60, what="ticks processed"
+        caught_up, timeout=60, what="ticks processed"
     )
     import time
 
     time.sleep(2.0)  # ticks are not counted as events: give the agent a moment, then settle
-    worker.wait_for(lambda m: m.get("tierstream_redis_backlog", 1) == 0, timeout=60, what="backlog")
+    worker.wait_for(caught_up, timeout=60, what="backlog")
 
 
 def stage_changes(stack: EmbeddedStack, customer: str) -> list[tuple[str | None, str, str, str]]:
