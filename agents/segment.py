@@ -8,16 +8,16 @@ whose next boundary passed, at the boundary's own instant.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import faust
 import orjson
+from faust.types import TP
 
 from segmentation.dueindex import due_states
 from segmentation.errors import InvalidEvent
@@ -28,6 +28,7 @@ from segmentation.step import StepResult, apply_event, reevaluate
 from segmentation.timeutil import HOUR_MS, to_rfc3339
 from streams import topics as names
 from streams.app import Runtime
+from streams.deadletter import build_dead_letter, max_request_bytes
 from streams.ordering import InOrderAcks, PartitionOrder
 from streams.partitioning import partition_for
 
@@ -84,15 +85,18 @@ class SegmentProcessor:
         self.applied: dict[tuple[str, int], int] = {}
         self.applied_saved: dict[tuple[str, int], tuple[int, float]] = {}
         self.flush_requested: set[int] = set()
+        # The last offset received per input topic-partition, to tell a quiet topic from a
+        # backlogged one (see `behind`).
+        self.received: dict[tuple[str, int], int] = {}
 
     # -- acknowledgement ---------------------------------------------------------------------
     def finished(self, message: Any) -> None:
         """The record is done (folded, dead-lettered, forwarded or skipped)."""
-        ready = self.acks.processed(message.tp, message.offset)
+        key = (message.topic, message.partition)
+        ready = self.acks.processed(key, message.offset)
         self.to_ack.extend(ready)
         if ready and message.topic != names.TICKS:
-            key = (message.topic, message.partition)
-            self.applied[key] = max(self.applied.get(key, -1), self.acks.done_through[message.tp])
+            self.applied[key] = max(self.applied.get(key, -1), self.acks.done_through[key])
 
     def save_applied(self, partition: int) -> None:
         """Persist the folded offsets of this partition's input topics now and then (must run
@@ -119,9 +123,9 @@ class SegmentProcessor:
         for key in [k for k in self.applied if k[1] in gone]:
             self.applied.pop(key, None)
             self.applied_saved.pop(key, None)
-        self.acks.forget(
-            [tp for tp in self.acks.topic_partitions() if getattr(tp, "partition", -1) in gone]
-        )
+        for key in [k for k in self.received if k[1] in gone]:
+            del self.received[key]
+        self.acks.forget([tp for tp in self.acks.topic_partitions() if tp[1] in gone])
         self.to_ack = [e for e in self.to_ack if e.message.partition not in gone]
         self.rt.metrics.events_held.set(self.held())
 
@@ -132,20 +136,25 @@ class SegmentProcessor:
     async def dead_letter(
         self, message: Any, value: bytes | None, reason: str, detail: str
     ) -> None:
+        # The document and its size rule (a payload too big to publish is cut, and says so):
+        # streams/deadletter.py.
+        letter = build_dead_letter(
+            source_topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            reason=reason,
+            detail=detail,
+            payload=value,
+            key=message.key,
+            received_at=to_rfc3339(self.rt.now_ms()),
+            max_request_bytes=max_request_bytes(self.rt.app),
+        )
+        await self.rt.out[names.DEAD_LETTERS].send(key=letter.key, value=letter.value)
+        # Counted once handed to the producer: a letter that could not be sent is not counted
+        # (the caller logs it), so the counters equal the letters published.
         m = self.rt.metrics
         m.events_rejected.labels(topic=message.topic, reason=reason).inc()
         m.dead_letters.labels(topic=message.topic).inc()
-        doc = {
-            "source_topic": message.topic,
-            "partition": message.partition,
-            "offset": message.offset,
-            "error": f"{reason}: {detail}",
-            "reason": reason,
-            "payload": base64.b64encode(value or b"").decode("ascii"),
-            "key": base64.b64encode(message.key).decode("ascii") if message.key else None,
-            "received_at": to_rfc3339(self.rt.now_ms()),
-        }
-        await self.rt.out[names.DEAD_LETTERS].send(key=message.key, value=orjson.dumps(doc))
 
     async def forward_if_misrouted(self, message: Any, value: bytes, customer_id: str) -> bool:
         """Re-publish a record that sits on another partition than its customer's (a producer
@@ -189,6 +198,7 @@ class SegmentProcessor:
         self._ensure_index(partition)
         order = self.order(partition)
         order.note_arrival(topic, rt.now_ms())
+        self.received[(topic, partition)] = message.offset
         if message.offset <= self.applied.get((topic, partition), -1):
             # Folded before (redelivered after a crash or a group reset): nothing to do.
             rt.metrics.events_ignored.labels(topic=topic, reason="redelivered").inc()
@@ -232,6 +242,30 @@ class SegmentProcessor:
             await self.dead_letter(message, value, exc.reason, exc.detail)
             return None
 
+    def behind_on(self, partition: int) -> Callable[[str], bool]:
+        """Whether the broker holds records of a topic on this partition that have not reached
+        the agent yet (the high-water mark of the consumer's last fetch is past the last one
+        received): such a topic is backlogged, not quiet, and must not be skipped."""
+        consumer = getattr(self.rt.app, "consumer", None)
+
+        def behind(topic: str) -> bool:
+            if consumer is None:
+                return False
+            tp = TP(topic, partition)
+            try:
+                highwater = consumer.highwater(tp)
+            except Exception:  # not fetched yet, or no consumer (tests): time alone decides
+                return False
+            if highwater is None or highwater < 0:
+                return False
+            seen = self.received.get((topic, partition))
+            if seen is None:
+                committed = getattr(consumer, "_committed_offset", {}).get(tp)
+                return bool(highwater > (committed or 0))
+            return bool(highwater > seen + 1)
+
+        return behind
+
     def order(self, partition: int) -> PartitionOrder[Pending]:
         order = self.orders.get(partition)
         if order is None:
@@ -247,7 +281,9 @@ class SegmentProcessor:
     async def release(self, partition: int, *, until_ms: int | None = None) -> None:
         """Fold, in event-time order, every held record whose turn has come."""
         rt = self.rt
-        released = self.order(partition).release(rt.now_ms(), until_ms=until_ms)
+        released = self.order(partition).release(
+            rt.now_ms(), until_ms=until_ms, behind=self.behind_on(partition)
+        )
         if released.forced:
             rt.metrics.order_forced.inc(released.forced)
         for pending in released.items:
@@ -512,7 +548,7 @@ def register_segment_agent(runtime: Runtime) -> faust.types.AgentT:
         manual = stream.noack()  # type: ignore[attr-defined]
         async for event in manual.events():
             message = event.message
-            processor.acks.arrived(message.tp, message.offset, event)
+            processor.acks.arrived((message.topic, message.partition), message.offset, event)
             try:
                 await processor.handle(message, event.value)
             except Exception as exc:  # the worker never dies on input
@@ -567,7 +603,9 @@ def register_segment_agent(runtime: Runtime) -> faust.types.AgentT:
             partition's stream folds them (only a stream may write the table)."""
             now = runtime.now_ms()
             for partition, order in list(processor.orders.items()):
-                if partition in processor.flush_requested or not order.release_possible(now):
+                if partition in processor.flush_requested or not order.release_possible(
+                    now, processor.behind_on(partition)
+                ):
                     continue
                 processor.flush_requested.add(partition)
                 await runtime.out[names.TICKS].send(key=None, value=FLUSH, partition=partition)

@@ -6,8 +6,9 @@ to come back, so the same history could fold in another order on another run: fi
 agree (the fold is order-independent), but intermediate transitions, and the campaigns they fire,
 would not. `PartitionOrder` holds each partition's records and releases them in event-time order
 once every other input topic has moved past their time, or has gone quiet for `idle_ms` (a topic
-with no traffic must not stall the others). A replay therefore folds in one order whatever its
-pace; live traffic waits at most `idle_ms`.
+with no traffic must not stall the others) with nothing of it left unread in the broker (its
+high-water mark says so: a backlogged consumer is not a quiet topic). A replay therefore folds in
+one order whatever its pace; live traffic waits at most `idle_ms`.
 
 Held records are not acknowledged: `InOrderAcks` releases a topic-partition's offsets to the
 consumer only as a contiguous prefix of what was processed, so a crash redelivers whatever was
@@ -20,13 +21,19 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 Item = TypeVar("Item")
 
 NO_TIME = -1
+BEHIND_GIVE_UP = 30
+TopicPartition = tuple[str, int]
+
+
+def _nothing_behind(topic: str) -> bool:
+    return False
 
 
 @dataclass(order=True)
@@ -72,37 +79,51 @@ class PartitionOrder(Generic[Item]):
     def oldest_ms(self) -> int | None:
         return self.heap[0].occurred_ms if self.heap else None
 
-    def _passed(self, topic: str, head: _Held[Item], now_ms: int) -> bool:
+    def _passed(
+        self, topic: str, head: _Held[Item], now_ms: int, behind: Callable[[str], bool]
+    ) -> bool:
         """No record of `topic` can still come that sorts before `head` (Kafka keeps each
         topic-partition in order; a producer's late record is late whatever we do)."""
-        if now_ms - self.arrived.get(topic, now_ms) >= self.idle_ms:
-            return True
         high = self.high.get(topic, NO_TIME)
-        return high > head.occurred_ms or (
-            high == head.occurred_ms and self.rank[topic] > head.rank
-        )
+        if high > head.occurred_ms or (high == head.occurred_ms and self.rank[topic] > head.rank):
+            return True
+        quiet_ms = now_ms - self.arrived.get(topic, now_ms)
+        if quiet_ms < self.idle_ms:
+            return False
+        # A high-water mark can stay past the last record for good (transaction markers hold
+        # offsets no record fills): after BEHIND_GIVE_UP idle periods, quiet is quiet.
+        return quiet_ms >= BEHIND_GIVE_UP * self.idle_ms or not behind(topic)
 
-    def _head_ready(self, now_ms: int) -> bool:
+    def _head_ready(self, now_ms: int, behind: Callable[[str], bool]) -> bool:
         head = self.heap[0]
         return all(
-            self._passed(topic, head, now_ms)
+            self._passed(topic, head, now_ms, behind)
             for topic, rank in self.rank.items()
             if rank != head.rank
         )
 
-    def release_possible(self, now_ms: int) -> bool:
-        return bool(self.heap) and self._head_ready(now_ms)
+    def release_possible(
+        self, now_ms: int, behind: Callable[[str], bool] = _nothing_behind
+    ) -> bool:
+        return bool(self.heap) and self._head_ready(now_ms, behind)
 
-    def release(self, now_ms: int, *, until_ms: int | None = None) -> Released[Item]:
+    def release(
+        self,
+        now_ms: int,
+        *,
+        until_ms: int | None = None,
+        behind: Callable[[str], bool] = _nothing_behind,
+    ) -> Released[Item]:
         """Pop, in event-time order, every record whose turn has come; with `until_ms`, also
-        every record at or before it (an explicit clock move says that time has passed)."""
+        every record at or before it (an explicit clock move says that time has passed).
+        `behind(topic)`: the broker holds records of that topic not received yet."""
         out: Released[Item] = Released([])
         while self.heap:
             if len(self.heap) > self.max_held:
                 out.forced += 1
             elif not (
                 until_ms is not None and self.heap[0].occurred_ms <= until_ms
-            ) and not self._head_ready(now_ms):
+            ) and not self._head_ready(now_ms, behind):
                 break
             out.items.append(heapq.heappop(self.heap).item)
         return out
@@ -113,16 +134,16 @@ class InOrderAcks(Generic[Item]):
     of the processed ones."""
 
     def __init__(self) -> None:
-        self._order: dict[Hashable, deque[int]] = {}
-        self._pending: dict[Hashable, dict[int, tuple[Item, bool]]] = {}
+        self._order: dict[TopicPartition, deque[int]] = {}
+        self._pending: dict[TopicPartition, dict[int, tuple[Item, bool]]] = {}
         # The highest offset such that it and everything before it (this session) were processed.
-        self.done_through: dict[Hashable, int] = {}
+        self.done_through: dict[TopicPartition, int] = {}
 
-    def arrived(self, tp: Hashable, offset: int, item: Item) -> None:
+    def arrived(self, tp: TopicPartition, offset: int, item: Item) -> None:
         self._order.setdefault(tp, deque()).append(offset)
         self._pending.setdefault(tp, {})[offset] = (item, False)
 
-    def processed(self, tp: Hashable, offset: int) -> list[Item]:
+    def processed(self, tp: TopicPartition, offset: int) -> list[Item]:
         """Mark one record processed; return the records that may now be acknowledged."""
         pending = self._pending.get(tp)
         if pending is None or offset not in pending:
@@ -139,10 +160,10 @@ class InOrderAcks(Generic[Item]):
     def held(self) -> int:
         return sum(len(p) for p in self._pending.values())
 
-    def topic_partitions(self) -> list[Hashable]:
+    def topic_partitions(self) -> list[TopicPartition]:
         return list(self._pending)
 
-    def forget(self, tps: Sequence[Hashable]) -> None:
+    def forget(self, tps: Sequence[TopicPartition]) -> None:
         """The partitions went to another worker: their records will be redelivered there."""
         for tp in tps:
             self._order.pop(tp, None)

@@ -12,6 +12,7 @@ from streams.ordering import InOrderAcks, PartitionOrder
 
 TOPICS = ("purchases", "email-opens", "email-clicks", "wechat-interactions", "suppressions")
 IDLE_MS = 1000
+TP0 = ("purchases", 0)
 NOW = 1_000_000
 
 
@@ -150,31 +151,55 @@ def test_zero_idle_folds_on_arrival() -> None:
 def test_acks_are_always_a_prefix_of_the_arrivals(count: int, rng: random.Random) -> None:
     acks: InOrderAcks[int] = InOrderAcks()
     for offset in range(count):
-        acks.arrived("tp", offset, offset)
+        acks.arrived(TP0, offset, offset)
     finishing = list(range(count))
     rng.shuffle(finishing)
     acked: list[int] = []
     done: set[int] = set()
     for offset in finishing:
         done.add(offset)
-        acked += acks.processed("tp", offset)
+        acked += acks.processed(TP0, offset)
         # Acked = the longest prefix of arrivals that is all processed.
         prefix = 0
         while prefix in done:
             prefix += 1
         assert acked == list(range(prefix))
         if prefix:
-            assert acks.done_through["tp"] == prefix - 1
+            assert acks.done_through[TP0] == prefix - 1
     assert acks.held() == 0
 
 
 def test_acks_are_per_topic_partition_and_forgotten_on_revoke() -> None:
     acks: InOrderAcks[str] = InOrderAcks()
-    acks.arrived("a", 7, "a7")
-    acks.arrived("b", 3, "b3")
-    acks.arrived("a", 8, "a8")
-    assert acks.processed("a", 8) == []
-    assert acks.processed("b", 3) == ["b3"]
-    acks.forget(["a"])
-    assert acks.processed("a", 7) == []
+    acks.arrived(("a", 0), 7, "a7")
+    acks.arrived(("b", 0), 3, "b3")
+    acks.arrived(("a", 0), 8, "a8")
+    assert acks.processed(("a", 0), 8) == []
+    assert acks.processed(("b", 0), 3) == ["b3"]
+    acks.forget([("a", 0)])
+    assert acks.processed(("a", 0), 7) == []
     assert acks.held() == 0
+
+
+def test_a_backlogged_topic_is_not_quiet() -> None:
+    """No arrival for a while, but the broker holds records of it not received yet (a consumer
+    behind on that topic): the purchase waits for them instead of jumping ahead."""
+    held = order()
+    held.hold("purchases", 10, 0, ("purchases", 0), NOW)
+    backlogged = {"email-opens"}
+    later = NOW + 5 * IDLE_MS
+    assert held.release(later, behind=backlogged.__contains__).items == []
+    held.hold("email-opens", 4, 0, ("email-opens", 0), later)
+    backlogged.clear()
+    assert held.release(later + IDLE_MS, behind=backlogged.__contains__).items == [
+        ("email-opens", 0),
+        ("purchases", 0),
+    ]
+
+
+def test_a_high_water_mark_that_never_fills_gives_way_in_the_end() -> None:
+    held = order()
+    held.hold("purchases", 10, 0, ("purchases", 0), NOW)
+    always = {"email-opens"}.__contains__
+    assert held.release(NOW + 29 * IDLE_MS, behind=always).items == []
+    assert held.release(NOW + 30 * IDLE_MS, behind=always).items == [("purchases", 0)]

@@ -333,7 +333,7 @@ def test_enums_are_the_codes_sets() -> None:
     assert set(campaigns.CAUSES) == set(step.CAUSES)
     for name in ("tier-changes", "campaign-triggers", "churn-warnings", "profile"):
         assert tier_enum(name) == set(rules.TIERS), name
-    for name in ("tier-changes", "campaign-triggers", "profile"):
+    for name in ("tier-changes", "campaign-triggers", "churn-warnings", "profile"):
         assert enum_of(name, "$defs", "stage") == set(lifecycle.STAGES), name
     assert set(campaigns.STAGES) == set(lifecycle.STAGES)
     for name in ("tier-changes", "profile"):
@@ -1176,7 +1176,9 @@ def churn_warning(state: CustomerState, as_of_ms: int, severity: str) -> dict[st
             DEFAULT_PARAMS, features["x"], features["t_x"]
         ),
         "tier": ev.tier,
+        "stage": ev.stage.stage,
         "severity": severity,
+        "reason": f"P(alive) {features['p_alive']:.3f} below {RULES.churn.p_alive_below}",
         "occurred_at": to_rfc3339(as_of_ms),
     }
 
