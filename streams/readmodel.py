@@ -2,18 +2,29 @@
 
 Writes are idempotent snapshots (the latest profile per customer), pipelined per batch, so a
 batch replayed after a failure or a restart converges to the same state.
+
+Redis may also come back from an outage empty (no persistence, a failover to an empty replica, a
+FLUSHALL). Each partition of the read model therefore has a marker key, set once the partition
+is complete in Redis; a marker found missing means Redis lost what it held, and the worker that
+owns the partition fills in, from its table (the source of truth), every customer that Redis
+does not hold (`fill_missing`), then sets the marker again.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 import orjson
 import redis.asyncio as aioredis
 
+from segmentation.bgnbd import BgNbdParams
+from segmentation.evaluate import evaluate, profile_of
 from segmentation.lifecycle import STAGES
-from segmentation.rules import TIERS
+from segmentation.rules import TIERS, Rules
+from segmentation.state import CustomerState
+from streams.partitioning import partition_for
 
 PREFIX: Final = "tierstream:"
 
@@ -28,6 +39,16 @@ def tier_key(tier: str) -> str:
 
 def stage_key(stage: str) -> str:
     return f"{PREFIX}stage:{stage}"
+
+
+def marker_key(partition: int) -> str:
+    """Set once the partition's customers are all in Redis; gone when Redis lost its data."""
+    return f"{PREFIX}readmodel:partition:{partition}"
+
+
+def rebuild_key(partition: int) -> str:
+    """Set while a partition is being rebuilt (holds the rebuild's token)."""
+    return f"{PREFIX}readmodel:rebuilding:{partition}"
 
 
 def connect(
@@ -89,3 +110,85 @@ async def read_counts(
         "tiers": dict(zip(tiers, counts[: len(tiers)], strict=True)),
         "stages": dict(zip(STAGES, counts[len(tiers) :], strict=True)),
     }
+
+
+# -- rebuilding after Redis lost its data ------------------------------------------------------
+
+
+def is_customer_key(key: bytes) -> bool:
+    """Table keys that hold a customer's state (reserved keys start with a control byte)."""
+    return not key.startswith(b"\x00")
+
+
+def partition_states(
+    items: Iterable[tuple[bytes, bytes | None]], partition: int, partitions: int
+) -> list[bytes]:
+    """The state records of one partition's customers among a table's (key, value) items (a
+    table may also hold standby partitions and reserved keys)."""
+    return [
+        raw
+        for key, raw in items
+        if raw is not None and is_customer_key(key) and partition_for(key, partitions) == partition
+    ]
+
+
+def profile_from_state(raw: bytes, rules: Rules, params: BgNbdParams) -> dict[str, Any]:
+    """The profile the segment agent published with this state: the state is saved evaluated at
+    its own `as_of`, so evaluating it there again gives the same profile (under the same rules,
+    cut points and model parameters; under newer ones, the profile they give)."""
+    state = CustomerState.from_bytes(raw)
+    return profile_of(state, evaluate(state, rules, params, state.as_of_ms), rules, params)
+
+
+async def missing_markers(client: aioredis.Redis, partitions: Iterable[int]) -> list[int]:
+    """The partitions whose marker is missing: Redis does not hold all their customers."""
+    wanted = sorted(set(partitions))
+    if not wanted:
+        return []
+    pipe = client.pipeline(transaction=False)
+    for partition in wanted:
+        pipe.exists(marker_key(partition))
+    found = await pipe.execute()
+    return [p for p, n in zip(wanted, found, strict=True) if not n]
+
+
+async def begin_rebuild(client: aioredis.Redis, partition: int) -> str:
+    token = uuid.uuid4().hex
+    await client.set(rebuild_key(partition), token)
+    return token
+
+
+async def finish_rebuild(client: aioredis.Redis, partition: int, token: str) -> bool:
+    """Set the partition's marker if Redis kept everything since `begin_rebuild`: if it lost its
+    data again meanwhile (the token is gone), the marker is removed and False says so."""
+    pipe = client.pipeline(transaction=True)
+    pipe.get(rebuild_key(partition))
+    pipe.set(marker_key(partition), token)
+    pipe.delete(rebuild_key(partition))
+    held, _, _ = await pipe.execute()
+    if held is not None and held.decode() == token:
+        return True
+    await client.delete(marker_key(partition))
+    return False
+
+
+async def fill_missing(
+    client: aioredis.Redis,
+    profiles: Mapping[str, dict[str, Any]],
+    tiers: Iterable[str] = TIERS,
+    stages: Iterable[str] = STAGES,
+) -> int:
+    """Write the profiles of the customers Redis does not hold; returns how many. A customer it
+    holds was written from the profiles topic since Redis lost its data, so it is at least as
+    recent as the table; the caller keeps other writers out between the check and the write."""
+    if not profiles:
+        return 0
+    customers = list(profiles)
+    pipe = client.pipeline(transaction=False)
+    for customer_id in customers:
+        pipe.exists(customer_key(customer_id))
+    held = await pipe.execute()
+    missing = {c: profiles[c] for c, n in zip(customers, held, strict=True) if not n}
+    if missing:
+        await write_batch(client, missing, tiers, stages)
+    return len(missing)
