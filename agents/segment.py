@@ -31,6 +31,7 @@ from streams.app import Runtime
 from streams.deadletter import build_dead_letter, max_request_bytes
 from streams.ordering import InOrderAcks, PartitionOrder
 from streams.partitioning import partition_for
+from streams.writebehind import WriteBehind
 
 log = logging.getLogger("tierstream.segment")
 
@@ -88,8 +89,29 @@ class SegmentProcessor:
         # The last offset received per input topic-partition, to tell a quiet topic from a
         # backlogged one (see `behind`).
         self.received: dict[tuple[str, int], int] = {}
+        s = runtime.settings
+        self.writes = WriteBehind(
+            runtime.customers, max_records=s.flush_records, max_seconds=s.flush_ms / 1000
+        )
 
     # -- acknowledgement ---------------------------------------------------------------------
+    def done(self, message: Any) -> None:
+        """The record is folded (or dead-lettered, forwarded, skipped): it is acknowledged once
+        its batch's outputs are delivered and its state written (streams/writebehind.py)."""
+        self.writes.folded(message.partition, message)
+
+    async def flush(self, partition: int, *, force: bool = False) -> None:
+        """Write the partition's batch if it is due (must run in a record of `partition`)."""
+        if not (force or self.writes.due(partition)):
+            return
+        for message in await self.writes.flush(partition):
+            self.finished(message)
+        self.save_applied(partition)
+
+    async def send(self, batch: int, topic: str, **kwargs: Any) -> None:
+        """Publish, and let the batch of partition `batch` wait for the delivery."""
+        self.writes.sent(batch, await self.rt.out[topic].send(**kwargs))
+
     def finished(self, message: Any) -> None:
         """The record is done (folded, dead-lettered, forwarded or skipped)."""
         key = (message.topic, message.partition)
@@ -126,6 +148,7 @@ class SegmentProcessor:
         for key in [k for k in self.received if k[1] in gone]:
             del self.received[key]
         self.acks.forget([tp for tp in self.acks.topic_partitions() if tp[1] in gone])
+        self.writes.discard(gone)
         self.to_ack = [e for e in self.to_ack if e.message.partition not in gone]
         self.rt.metrics.events_held.set(self.held())
 
@@ -149,7 +172,7 @@ class SegmentProcessor:
             received_at=to_rfc3339(self.rt.now_ms()),
             max_request_bytes=max_request_bytes(self.rt.app),
         )
-        await self.rt.out[names.DEAD_LETTERS].send(key=letter.key, value=letter.value)
+        await self.send(message.partition, names.DEAD_LETTERS, key=letter.key, value=letter.value)
         # Counted once handed to the producer: a letter that could not be sent is not counted
         # (the caller logs it), so the counters equal the letters published.
         m = self.rt.metrics
@@ -177,8 +200,13 @@ class SegmentProcessor:
         backfill = _header(message.headers, names.BACKFILL_HEADER)
         if backfill is not None:
             headers.append((names.BACKFILL_HEADER, backfill))
-        await self.rt.out[message.topic].send(
-            key=key, value=value, partition=expected, headers=headers
+        await self.send(
+            message.partition,
+            message.topic,
+            key=key,
+            value=value,
+            partition=expected,
+            headers=headers,
         )
         self.rt.metrics.events_forwarded.labels(topic=message.topic).inc()
         return True
@@ -190,9 +218,9 @@ class SegmentProcessor:
         backfill = _header(message.headers, names.BACKFILL_HEADER) is not None
         if topic == names.TICKS:
             self.flush_requested.discard(partition)
-            await self.handle_tick(partition, value, backfill)
-            self.finished(message)
-            self.save_applied(partition)
+            flush = await self.handle_tick(partition, value, backfill)
+            self.done(message)
+            await self.flush(partition, force=flush)
             return
         rt.metrics.events_consumed.labels(topic=topic).inc()
         self._ensure_index(partition)
@@ -202,7 +230,8 @@ class SegmentProcessor:
         if message.offset <= self.applied.get((topic, partition), -1):
             # Folded before (redelivered after a crash or a group reset): nothing to do.
             rt.metrics.events_ignored.labels(topic=topic, reason="redelivered").inc()
-            self.finished(message)
+            self.done(message)
+            await self.flush(partition)
             return
         event = await self.decode(message, value)
         if (
@@ -210,7 +239,7 @@ class SegmentProcessor:
             or value is None
             or await self.forward_if_misrouted(message, value, event.customer_id)
         ):
-            self.finished(message)
+            self.done(message)
         else:
             order.hold(
                 topic,
@@ -220,7 +249,7 @@ class SegmentProcessor:
                 rt.now_ms(),
             )
         await self.release(partition)
-        self.save_applied(partition)
+        await self.flush(partition)
 
     async def decode(self, message: Any, value: bytes | None) -> InputEvent | None:
         """The validated event, or None once the record is in dead-letters."""
@@ -299,7 +328,7 @@ class SegmentProcessor:
                 await self.dead_letter(
                     pending.message, pending.value, "internal_error", repr(exc)[:500]
                 )
-            self.finished(pending.message)
+            self.done(pending.message)
         rt.metrics.events_held.set(self.held())
 
     async def fold(self, pending: Pending, partition: int) -> None:
@@ -313,21 +342,22 @@ class SegmentProcessor:
         )
         await self.apply(event, cause, partition)
 
-    async def handle_tick(self, partition: int, value: bytes | None, backfill: bool) -> None:
+    async def handle_tick(self, partition: int, value: bytes | None, backfill: bool) -> bool:
         """A tick moves the clock: `{"t": ms, "live": true}` from the live-mode timer (wall
         time), `{"t": ms}` from `tierstream advance` (an explicit event time: every record held
-        up to it is folded first), `{"flush": true}` from the idle timer (release only)."""
+        up to it is folded first), `{"flush": true}` from the idle timer (release, and write
+        the batch). Returns whether the batch is to be written now."""
         try:
             doc = orjson.loads(value or b"{}")
             flush = bool(doc.get("flush"))
             at_ms, live = (0, False) if flush else (int(doc["t"]), bool(doc.get("live", False)))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
             log.warning("ignoring a malformed tick on partition %d", partition)
-            return
+            return False
         self._ensure_index(partition)
         if flush:
             await self.release(partition)
-            return
+            return True
         await self.release(partition, until_ms=None if live else at_ms)
         oldest = self.order(partition).oldest_ms()
         if live and oldest is not None:
@@ -335,6 +365,7 @@ class SegmentProcessor:
             at_ms = min(at_ms, oldest - 1)
         await self.retier_some(partition)
         await self.advance(partition, at_ms, "backfill" if backfill else "time", live=live)
+        return not live
 
     # -- rules changes -----------------------------------------------------------------------
     async def retier_some(self, partition: int, chunk: int = 500) -> None:
@@ -348,11 +379,13 @@ class SegmentProcessor:
         batch, rt.retier[partition] = pending[:chunk], pending[chunk:]
         if rt.rules.cutpoints is not None:
             # Kept in the table (a timer cannot write it) so a restart resumes with them.
-            rt.customers[CUTPOINTS_KEY % partition] = orjson.dumps(rt.rules.cutpoints.to_dict())
+            self.writes.put(
+                partition, CUTPOINTS_KEY % partition, orjson.dumps(rt.rules.cutpoints.to_dict())
+            )
         clock = rt.clocks.get(partition, NO_TIME)
         for customer_id in batch:
             key = customer_id.encode()
-            raw = rt.customers.get(key)
+            raw = self.writes.get(key)
             if raw is None:
                 continue
             state = CustomerState.from_bytes(raw)
@@ -446,25 +479,25 @@ class SegmentProcessor:
         # The clock is persisted now and then, not per record: a stale clock after a restart is
         # re-advanced by the records replayed from the committed offsets.
         if at_ms - rt.clock_persisted.get(partition, NO_TIME) >= HOUR_MS or live:
-            rt.customers[CLOCK_KEY % partition] = str(at_ms).encode()
+            self.writes.put(partition, CLOCK_KEY % partition, str(at_ms).encode())
             rt.clock_persisted[partition] = at_ms
 
     def load_state(self, customer_id: str) -> CustomerState | None:
-        raw = self.rt.customers.get(customer_id.encode())
+        raw = self.writes.get(customer_id.encode())
         return CustomerState.from_bytes(raw) if raw is not None else None
 
     # -- state and outputs -------------------------------------------------------------------
     async def apply(self, event: InputEvent, cause: str, partition: int) -> StepResult | None:
         rt = self.rt
         key = event.customer_id.encode()
-        if rt.customers.get(erased_key(event.customer_id)) is not None:
+        if self.writes.get(erased_key(event.customer_id)) is not None:
             # Erased on request: nothing about this customer is kept or published again.
             rt.metrics.events_ignored.labels(topic=event.topic, reason="erased").inc()
             return None
-        raw = rt.customers.get(key)
+        raw = self.writes.get(key)
         state = CustomerState.from_bytes(raw) if raw is not None else None
         if event.topic == SUPPRESSIONS and event.kind == "erase":
-            await self.erase(key, event, raw is not None)
+            await self.erase(key, event, raw is not None, partition)
             return None
         result = apply_event(
             state,
@@ -481,12 +514,12 @@ class SegmentProcessor:
         await self.publish(key, result, partition, cause, event.occurred_ms)
         return result
 
-    async def erase(self, key: bytes, event: InputEvent, existed: bool) -> None:
+    async def erase(self, key: bytes, event: InputEvent, existed: bool, partition: int) -> None:
         rt = self.rt
         if existed:
-            del rt.customers[key]
-        rt.customers[erased_key(event.customer_id)] = str(event.occurred_ms).encode()
-        await rt.out[names.PROFILES].send(key=key, value=None)
+            self.writes.put(partition, key, None)
+        self.writes.put(partition, erased_key(event.customer_id), str(event.occurred_ms).encode())
+        await self.send(partition, names.PROFILES, key=key, value=None)
         rt.profiles_sent += 1
         rt.metrics.customers_erased.inc()
 
@@ -498,32 +531,35 @@ class SegmentProcessor:
         cause: str,
         event_ms: int | None = None,
     ) -> None:
-        """Send the profile and every change, trigger and warning; then write the state (last:
-        if a send fails the record is dead-lettered and, its event id not yet remembered, a
-        replay of the dead letter applies it again; the output ids deduplicate)."""
+        """Send the profile and every change, trigger and warning, and put the state in the
+        partition's batch, written once these are delivered (streams/writebehind.py)."""
         rt = self.rt
         m = rt.metrics
         assert result.state is not None
-        await rt.out[names.PROFILES].send(key=key, value=orjson.dumps(result.profile))
+        await self.send(partition, names.PROFILES, key=key, value=orjson.dumps(result.profile))
         rt.profiles_sent += 1
         emitted = to_rfc3339(rt.now_ms())
         for change in result.changes:
             change["emitted_at"] = emitted
-            await rt.out[names.TIER_CHANGES].send(key=key, value=orjson.dumps(change))
+            await self.send(partition, names.TIER_CHANGES, key=key, value=orjson.dumps(change))
             self._count_transition(change)
             if event_ms is not None and cause == "event":
                 m.processing_latency.observe(max(0.0, time.time() - event_ms / 1000))
         for trigger in result.triggers:
-            await rt.out[names.CAMPAIGN_TRIGGERS].send(key=key, value=orjson.dumps(trigger))
+            await self.send(
+                partition, names.CAMPAIGN_TRIGGERS, key=key, value=orjson.dumps(trigger)
+            )
             m.campaign_triggers.labels(
                 campaign=trigger["campaign"], variant=trigger["variant"]
             ).inc()
         for campaign, reason in result.skipped:
             m.campaign_triggers_suppressed.labels(campaign=campaign, reason=reason).inc()
         for warning in result.warnings:
-            await rt.out[names.CHURN_WARNINGS].send(key=key, value=orjson.dumps(warning))
+            await self.send(
+                partition, names.CHURN_WARNINGS, key=key, value=orjson.dumps(warning)
+            )
             m.churn_warnings.labels(severity=warning["severity"]).inc()
-        rt.customers[key] = result.state.to_bytes()
+        self.writes.put(partition, key, result.state.to_bytes())
         if result.state.next_due_ms is not None:
             rt.due.push(partition, result.state.next_due_ms, result.state.customer_id)
         if event_ms is not None:
@@ -569,7 +605,7 @@ def register_segment_agent(runtime: Runtime) -> faust.types.AgentT:
                         message.partition,
                         message.offset,
                     )
-                processor.finished(message)
+                processor.done(message)
             ready, processor.to_ack = processor.to_ack, []
             for done in ready:
                 await manual.ack(done)
@@ -595,18 +631,22 @@ def register_segment_agent(runtime: Runtime) -> faust.types.AgentT:
             for partition in sorted(owned):
                 await runtime.out[names.TICKS].send(key=None, value=now, partition=partition)
 
-    if runtime.settings.order_idle_ms > 0:
+    s = runtime.settings
+    if s.order_idle_ms > 0 or s.flush_records > 1:
+        waits = [ms for ms in (s.order_idle_ms, s.flush_ms) if ms > 0]
+        interval = min(1.0, max(0.02, min(waits, default=100) / 4000))
 
-        @runtime.app.timer(interval=min(1.0, max(0.05, runtime.settings.order_idle_ms / 4000)))
+        @runtime.app.timer(interval=interval)
         async def release_idle() -> None:
-            """Records held for a topic that has since gone quiet: a flush record through the
-            partition's stream folds them (only a stream may write the table)."""
+            """Records held for a topic that has since gone quiet, or a batch that waited its
+            time out on a partition with no more traffic: a flush record through the
+            partition's stream folds and writes them (only a stream may write the table)."""
             now = runtime.now_ms()
+            due = set(processor.writes.overdue())
             for partition, order in list(processor.orders.items()):
-                if partition in processor.flush_requested or not order.release_possible(
-                    now, processor.behind_on(partition)
-                ):
-                    continue
+                if order.release_possible(now, processor.behind_on(partition)):
+                    due.add(partition)
+            for partition in sorted(due - processor.flush_requested):
                 processor.flush_requested.add(partition)
                 await runtime.out[names.TICKS].send(key=None, value=FLUSH, partition=partition)
 

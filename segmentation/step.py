@@ -60,7 +60,11 @@ def change_id(
     trigger: str | None = None,
 ) -> str:
     """Deterministic: the same transition at the same event time under the same rules has the same
-    id in every replay and after every redelivery, so consumers can deduplicate on it."""
+    id in every replay and after every redelivery, so consumers can deduplicate on it.
+
+    `at_ms` must not depend on the partition clock: for a change caused by an input event it is
+    that event's own time (with `trigger` its event id), for a time-caused change the boundary's
+    instant, so the id survives a restart whose clock differs (see `change_message`)."""
     parts = (customer_id, prev[0], prev[1], new[0], new[1], at_ms, rules_version, trigger)
     text = "\x1f".join(str(p) for p in parts)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
@@ -132,14 +136,21 @@ def change_message(
     cause: str,
     rules: Rules,
     trigger_event_id: str | None,
+    *,
+    event_ms: int | None = None,
 ) -> dict[str, Any]:
+    """The tier-changes message. Its id uses `event_ms` (the triggering event's own time) when the
+    change comes from an event: the evaluation time `ev.as_of_ms` is the later of that and the
+    partition clock, and the clock after a crash and restart is not the clock before it (it is
+    persisted now and then and re-advanced by whatever records are redelivered), so an id built
+    on it would give the same transition caused by the same event a new id."""
     f = ev.features
     return {
         "change_id": change_id(
             state.customer_id,
             previous,
             (ev.tier, ev.stage.stage),
-            ev.as_of_ms,
+            _id_time(ev, trigger_event_id, event_ms),
             rules.version,
             trigger_event_id or cause,
         ),
@@ -166,6 +177,14 @@ def change_message(
         "event_id": trigger_event_id,
         "occurred_at": to_rfc3339(ev.as_of_ms),
     }
+
+
+def _id_time(ev: Evaluation, trigger_event_id: str | None, event_ms: int | None) -> int:
+    """The instant an output id is built on: the triggering event's own time for an event-caused
+    output, else the evaluation time (a time boundary, or a rules change)."""
+    if trigger_event_id is not None and event_ms is not None:
+        return event_ms
+    return ev.as_of_ms
 
 
 def suppression_state(state: CustomerState) -> SuppressionState:
@@ -221,6 +240,8 @@ def _campaigns(
     change: dict[str, Any] | None,
     cause: str,
     policy: CampaignPolicy,
+    trigger_event_id: str | None = None,
+    event_ms: int | None = None,
 ) -> Decision | None:
     level = ev.features["engagement_level"]
     if change is None and previous[2] == level:
@@ -234,8 +255,9 @@ def _campaigns(
             state.customer_id,
             (previous[0], previous[1]),
             (ev.tier, ev.stage.stage),
-            ev.as_of_ms,
+            _id_time(ev, trigger_event_id, event_ms),
             f"engagement:{previous[2]}->{level}",
+            trigger_event_id,
         )
     )
     transition = Transition(
@@ -264,9 +286,13 @@ def reevaluate(
     cause: str,
     trigger_event_id: str | None = None,
     policy: CampaignPolicy | None = None,
+    *,
+    event_ms: int | None = None,
 ) -> StepResult:
     """Evaluate at `as_of_ms`; record the new standing and its next boundary; describe any change
-    of tier or stage, the campaigns it fires and any churn warning."""
+    of tier or stage, the campaigns it fires and any churn warning. `event_ms` is the triggering
+    event's own time: output ids are built on it rather than on `as_of_ms` (see
+    `change_message`)."""
     state.as_of_ms = max(state.as_of_ms, as_of_ms)
     evaluation = evaluate(state, rules, params, state.as_of_ms)
     previous = (state.tier, state.stage, state.engagement_level)
@@ -274,11 +300,19 @@ def reevaluate(
     change = None
     if (previous[0], previous[1]) != (evaluation.tier, evaluation.stage.stage):
         change = change_message(
-            state, evaluation, (previous[0], previous[1]), cause, rules, trigger_event_id
+            state,
+            evaluation,
+            (previous[0], previous[1]),
+            cause,
+            rules,
+            trigger_event_id,
+            event_ms=event_ms,
         )
         result.changes.append(change)
     if policy is not None:
-        decision = _campaigns(state, evaluation, previous, change, cause, policy)
+        decision = _campaigns(
+            state, evaluation, previous, change, cause, policy, trigger_event_id, event_ms
+        )
         if decision is not None:
             result.triggers = [t.to_message() for t in decision.triggers]
             result.skipped = list(decision.skipped)
@@ -326,5 +360,12 @@ def apply_event(
         state.timezone, state.timezone_at_ms = ev.timezone, ev.occurred_ms
     state.remember(digest)
     return reevaluate(
-        state, rules, params, max(as_of_ms, ev.occurred_ms), cause, ev.event_id, policy
+        state,
+        rules,
+        params,
+        max(as_of_ms, ev.occurred_ms),
+        cause,
+        ev.event_id,
+        policy,
+        event_ms=ev.occurred_ms,
     )

@@ -45,6 +45,8 @@ KNOWN_VARIABLES: Final = frozenset(
         "TIERSTREAM_TICK_SECONDS",
         "TIERSTREAM_ORDER_IDLE_MS",
         "TIERSTREAM_ORDER_MAX_HELD",
+        "TIERSTREAM_FLUSH_RECORDS",
+        "TIERSTREAM_FLUSH_MS",
         "TIERSTREAM_HOLDOUT_SHARE",
         "TIERSTREAM_CAMPAIGNS_ON_BACKFILL",
         "TIERSTREAM_DEFAULT_TIMEZONE",
@@ -126,6 +128,10 @@ class Settings:
     # in arrival order), and at most this many records are held per partition.
     order_idle_ms: int
     order_max_held: int
+    # State writes are batched per partition until the outputs they go with are delivered
+    # (streams/writebehind.py): at most this many input records, or this long.
+    flush_records: int
+    flush_ms: int
     # None: the rules file's [campaigns] value (or its default) holds.
     holdout_share: float | None
     default_timezone: str | None
@@ -540,6 +546,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         tick_seconds=_float(env, "TIERSTREAM_TICK_SECONDS", 1.0, 0.05, 3600),
         order_idle_ms=_int(env, "TIERSTREAM_ORDER_IDLE_MS", 1000, 0, 3_600_000),
         order_max_held=_int(env, "TIERSTREAM_ORDER_MAX_HELD", 100_000, 1, 10_000_000),
+        flush_records=_int(env, "TIERSTREAM_FLUSH_RECORDS", 500, 1, 100_000),
+        flush_ms=_int(env, "TIERSTREAM_FLUSH_MS", 100, 1, 60_000),
         holdout_share=(
             _float(env, "TIERSTREAM_HOLDOUT_SHARE", 0.10, 0.0, 1.0)
             if env.get("TIERSTREAM_HOLDOUT_SHARE")

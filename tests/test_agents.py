@@ -98,6 +98,8 @@ def make_settings(tmp_path: Path, redis_url: str, **extra: str) -> Settings:
         "TIERSTREAM_STORE": "memory",
         # Fold on arrival (the event-time order across topics has its own tests below).
         "TIERSTREAM_ORDER_IDLE_MS": "0",
+        # Write each record's state at once (no flush timer runs under test_context()).
+        "TIERSTREAM_FLUSH_RECORDS": "1",
         **extra,
     }
     return load_settings(env)
@@ -605,6 +607,26 @@ async def test_a_record_at_or_below_the_folded_offsets_is_a_redelivery(
     assert (
         metric(rt, "tierstream_events_ignored_total", topic=PURCHASES, reason="redelivered") == 2
     )
+
+
+async def test_state_waits_for_its_outputs_to_be_delivered(segment: SegmentHarness) -> None:
+    """A crash must never keep a state whose tier change was lost: the state record (and the
+    input's ack) waits until every output it caused is delivered."""
+    rt = segment.runtime
+    delivered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    segment.sends[names.TIER_CHANGES].return_value = delivered
+    value = purchase("c-wait", "e1", "o1", "30", wall_ms() - DAY_MS)
+    message = await segment.deliver(PURCHASES, value, key=b"c-wait", wait=False)
+    await asyncio.sleep(0.05)
+    assert len(segment.sent(names.TIER_CHANGES)) == 1  # published at once...
+    assert rt.customers.get(b"c-wait") is None  # ...but the state waits for its delivery
+    assert not message.acked
+    delivered.set_result(None)
+
+    async def written() -> bool:
+        return bool(message.acked) and rt.customers.get(b"c-wait") is not None
+
+    await eventually(written)
 
 
 def _customer_and_wrong_partition(customer_id: str) -> tuple[bytes, int, int]:
