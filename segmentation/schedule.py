@@ -5,30 +5,71 @@ first purchase grow a day at a time, P(alive) falls as T grows, engagement decay
 next boundary is the earliest crossing after `as_of` of any threshold the rules or the model use;
 the clock re-evaluates the customer then (and only then), so the work per tick grows with the
 customers whose boundary passed, not with all customers.
+
+A crossing is the first instant at which the decision's own input, as `evaluate` computes it
+(engagement scores rounded to 4 decimals, P(alive) to 6, on whole days of T), is past the
+threshold, not the instant the exact curve meets it. A boundary computed on the exact curve can
+land where the rounded value still equals the threshold: the re-evaluation there changes nothing,
+and the next crossing it computes is that same instant, no longer in the future, so the boundary
+is lost and the customer keeps a stale level until some event re-evaluates them.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
-from segmentation.bgnbd import BgNbdParams, expected_days_between_purchases, next_crossing_time
-from segmentation.evaluate import Evaluation
+from segmentation.bgnbd import (
+    BgNbdParams,
+    churn_p_alive,
+    expected_days_between_purchases,
+    next_crossing_time,
+)
+from segmentation.evaluate import Evaluation, engagement_at
 from segmentation.rules import Rules
 from segmentation.state import NO_TIME, CustomerState
 from segmentation.timeutil import DAY_MS, day_of
 
 # How far ahead a P(alive) crossing is searched: beyond it the customer is churned by stage anyway.
 P_ALIVE_HORIZON_DAYS = 3 * 365
+# `evaluate` rounds these features before any rule compares them.
+ENGAGEMENT_DECIMALS = 4
+P_ALIVE_DECIMALS = 6
+# Half a unit of the last kept decimal: round(v, d) < level once v < level - half, and
+# round(v, d) <= level once v < level + half.
+_ENGAGEMENT_HALF = 0.5 * 10.0**-ENGAGEMENT_DECIMALS
+_P_ALIVE_HALF = 0.5 * 10.0**-P_ALIVE_DECIMALS
+# A search for a crossing gives up beyond ~2^62 ms (about 146 million years).
+_MAX_DOUBLINGS = 62
+# How far a closed-form decay estimate may be from the instant the rounded score passes a level:
+# its float error is far below a millisecond; a minute leaves room to spare.
+_GUESS_SLACK_MS = 60_000
 
 
-def _thresholds(rules: Rules, feature: str) -> set[float]:
-    values: set[float] = set()
-    for rule in (*rules.tiers, *rules.tags):
-        for cond in rule.conditions:
-            if cond.feature == feature and isinstance(cond.value, int | float):
-                values.add(float(cond.value))
+def _thresholds(rules: Rules, feature: str) -> frozenset[float]:
+    """The numbers the tier and tag rules compare `feature` with. Cached per rules object (this
+    runs for every evaluation, and rules change only on a reload)."""
+    cached = _THRESHOLDS.get(id(rules))
+    if cached is None or cached[0] is not rules:
+        if len(_THRESHOLDS) >= 16:
+            _THRESHOLDS.clear()
+        cached = _THRESHOLDS[id(rules)] = (rules, {})
+    by_feature = cached[1]
+    values = by_feature.get(feature)
+    if values is None:
+        values = by_feature[feature] = frozenset(
+            float(cond.value)
+            for rule in (*rules.tiers, *rules.tags)
+            for cond in rule.conditions
+            if cond.feature == feature
+            and isinstance(cond.value, int | float)
+            and not isinstance(cond.value, bool)
+        )
     return values
+
+
+# id(rules) -> (rules, feature -> thresholds); the rules object is kept so an id is never reused.
+_THRESHOLDS: dict[int, tuple[Rules, dict[str, frozenset[float]]]] = {}
 
 
 def _day_steps(origin_ms: int, days: Iterable[float]) -> list[int]:
@@ -39,6 +80,157 @@ def _day_steps(origin_ms: int, days: Iterable[float]) -> list[int]:
         whole = math.floor(v)
         out.append(origin_ms + whole * DAY_MS)
         out.append(origin_ms + (whole + 1) * DAY_MS)
+    return out
+
+
+def _recency_hysteresis_edges(rules: Rules) -> set[float]:
+    """With quantile scoring a recency score is held past its cut point `c` until the recency
+    leaves the widened bucket, `c + w(c)` (see `evaluate.rfm_scores`, min_width 1 day): those
+    edges are boundaries too, or a held score would only be re-scored by the next event."""
+    cuts = rules.cutpoints
+    if rules.scoring.method != "quantile" or cuts is None:
+        return set()
+    band = rules.scoring.hysteresis
+    edges: set[float] = set()
+    for c in cuts.recency:
+        # Recency only grows with time: a held score is left through the upper edge.
+        edges.add(c + max(band * abs(c), 1.0))
+    return edges
+
+
+def first_instant(pred: Callable[[int], bool], after: int, guess: int) -> int | None:
+    """The smallest integer t > `after` with pred(t), for a pred that is false at `after` and
+    turns true for good at some later t (a decaying value passing below a level). `guess` is a
+    close estimate: the common case costs two calls; otherwise a galloping then binary search.
+    None when it does not turn true within ~2^62 of `after`."""
+    hi = max(guess, after + 1)
+    if pred(hi):
+        lo, step = hi - 1, 1
+        while lo > after and pred(lo):
+            hi = lo
+            step *= 2
+            lo = max(after, hi - step)
+    else:
+        lo, step = hi, 1
+        hi = lo + step
+        while not pred(hi):
+            if step.bit_length() > _MAX_DOUBLINGS:
+                return None
+            lo = hi
+            step *= 2
+            hi = lo + step
+    # pred(lo) is false (lo == after, or checked), pred(hi) is true.
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if pred(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def _decay_guess(at_ms: int, value: float, target: float, half_life_ms: float) -> int:
+    """When `value` (at `at_ms`) halving every `half_life_ms` reaches `target` (approximately)."""
+    if value <= target:
+        return at_ms
+    return at_ms + math.ceil(half_life_ms * math.log2(value / target))
+
+
+def engagement_due_ms(
+    state: CustomerState, rules: Rules, as_of_ms: int, not_after: int | None = None
+) -> int | None:
+    """The next instant after `as_of_ms` at which a rounded engagement feature passes a level:
+    the engagement level's `high` / `medium` (a `>=` comparison), or a number the rules compare
+    an engagement score with (any operator: both the `< v` and the `<= v` flip). Crossings that
+    are certainly later than `not_after` (an earlier boundary of another kind) are not searched."""
+    if state.engaged_as_of_ms == NO_TIME:
+        return None
+    half_life_days = rules.engagement.half_life_days
+    half_life_ms = half_life_days * DAY_MS
+    cfg = rules.engagement
+
+    def values(t: int) -> tuple[float, float, float]:
+        email, wechat = engagement_at(state, t, half_life_days)
+        return (
+            round(email + wechat, ENGAGEMENT_DECIMALS),
+            round(email, ENGAGEMENT_DECIMALS),
+            round(wechat, ENGAGEMENT_DECIMALS),
+        )
+
+    now = values(as_of_ms)
+    raw_at_origin = (
+        state.email_score + state.wechat_score,
+        state.email_score,
+        state.wechat_score,
+    )
+    # (closed-form estimate, feature index, level, flips at `<= level` rather than `< level`)
+    pending: list[tuple[int, int, float, bool]] = []
+    features = ("engagement_score", "email_score", "wechat_score")
+    for index, feature in enumerate(features):
+        rule_levels = _thresholds(rules, feature)
+        strict = rule_levels | {cfg.high, cfg.medium} if index == 0 else rule_levels
+        flips = [(level, False) for level in strict] + [(level, True) for level in rule_levels]
+        for level, or_equal in flips:
+            passed = now[index] <= level if or_equal else now[index] < level
+            if passed or level < 0.0 or (level == 0.0 and not or_equal):
+                continue  # already past (scores only decay), or a rounded score never gets there
+            target = level + _ENGAGEMENT_HALF if or_equal else level - _ENGAGEMENT_HALF
+            guess = _decay_guess(
+                state.engaged_as_of_ms, raw_at_origin[index], max(target, 1e-12), half_life_ms
+            )
+            pending.append((guess, index, level, or_equal))
+    best: int | None = None
+    for guess, index, level, or_equal in sorted(pending):
+        bound = best if best is not None else not_after
+        if bound is not None and guess > bound + _GUESS_SLACK_MS:
+            break  # this and every later estimate cannot be the earliest
+
+        def crossed(t: int, i: int = index, lv: float = level, eq: bool = or_equal) -> bool:
+            v = values(t)[i]
+            return v <= lv if eq else v < lv
+
+        at = first_instant(crossed, as_of_ms, guess)
+        if at is not None and (best is None or at < best):
+            best = at
+    return best
+
+
+def p_alive_due_ms(ev: Evaluation, rules: Rules, params: BgNbdParams) -> list[int]:
+    """The next instants after the evaluation at which the rounded P(alive) (on whole days of T)
+    passes the churn level (a `<` comparison) or a number the rules compare it with."""
+    f = ev.features
+    first = ev.first_purchase_ms
+    if first is None or f["x"] is None or f["p_alive"] is None:
+        return []
+    x, t_x, big_t = int(f["x"]), float(f["t_x"]), float(f["T"])
+    first_day = day_of(first)
+    rule_levels = _thresholds(rules, "p_alive")
+    flips = [(level, False) for level in {rules.churn.p_alive_below} | rule_levels]
+    flips += [(level, True) for level in rule_levels]
+
+    def rounded(days: int) -> float:
+        return round(churn_p_alive(x, t_x, float(max(days, int(t_x))), params), P_ALIVE_DECIMALS)
+
+    out: list[int] = []
+    for level, or_equal in flips:
+        current = f["p_alive"]
+        if (current <= level) if or_equal else (current < level):
+            continue
+        target = level + _P_ALIVE_HALF if or_equal else level - _P_ALIVE_HALF
+        if not 0.0 < target < 1.0:
+            continue
+        crossing = next_crossing_time(x, t_x, big_t, target, params, P_ALIVE_HORIZON_DAYS)
+        if crossing is None:
+            continue
+
+        def crossed(days: int, lv: float = level, eq: bool = or_equal) -> bool:
+            v = rounded(days)
+            return v <= lv if eq else v < lv
+
+        # The exact crossing is a close guess; check it against what `evaluate` will compute.
+        days = first_instant(crossed, int(big_t), math.ceil(crossing))
+        if days is not None and days <= big_t + P_ALIVE_HORIZON_DAYS:
+            out.append((first_day + days) * DAY_MS)
     return out
 
 
@@ -63,36 +255,18 @@ def next_due_ms(
         recency = set(rules.scoring.recency_days) | _thresholds(rules, "recency_days")
         if rules.cutpoints is not None:
             recency |= set(rules.cutpoints.recency)
+        recency |= _recency_hysteresis_edges(rules)
         candidates += _day_steps(last, recency)
         candidates += _day_steps(first, _thresholds(rules, "days_since_first_purchase"))
+        # T counts whole days from the first purchase day (btyd_stats).
+        candidates += _day_steps(day_of(first) * DAY_MS, _thresholds(rules, "T"))
         gap_due = churn_gap_due_ms(ev, rules, params)
         if gap_due is not None:
             candidates.append(gap_due)
-        f = ev.features
-        first_day = day_of(first)
-        for level in {rules.churn.p_alive_below} | _thresholds(rules, "p_alive"):
-            if not 0.0 < level < 1.0:
-                continue
-            crossing = next_crossing_time(
-                f["x"], float(f["t_x"]), float(f["T"]), level, params, P_ALIVE_HORIZON_DAYS
-            )
-            if crossing is not None:
-                # P(alive) is evaluated on whole days of T (the BTYD convention).
-                candidates.append((first_day + math.ceil(crossing)) * DAY_MS)
-    if state.engaged_as_of_ms != NO_TIME:
-        half_life_ms = rules.engagement.half_life_days * DAY_MS
-        scores = {
-            "engagement_score": state.email_score + state.wechat_score,
-            "email_score": state.email_score,
-            "wechat_score": state.wechat_score,
-        }
-        for feature, score in scores.items():
-            levels = _thresholds(rules, feature)
-            if feature == "engagement_score":
-                levels |= {rules.engagement.high, rules.engagement.medium}
-            for level in levels:
-                if score > level > 0:
-                    at = state.engaged_as_of_ms + half_life_ms * math.log2(score / level)
-                    candidates.append(math.ceil(at))
+        candidates += p_alive_due_ms(ev, rules, params)
     future = [c for c in candidates if c > as_of]
-    return min(future) if future else None
+    earliest = min(future) if future else None
+    engaged = engagement_due_ms(state, rules, as_of, not_after=earliest)
+    if engaged is not None and (earliest is None or engaged < earliest):
+        return engaged
+    return earliest
