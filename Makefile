@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint tools bench clean
+.PHONY: demo test soak lint tools bench clean
 
 # promtool (Debian package `prometheus`) checks the deploy files and a real /metrics scrape.
 tools:
@@ -28,6 +28,10 @@ lint: $(STAMP)
 
 test: $(STAMP) tools lint
 	$(BIN)/pytest -q
+
+# 80% of one worker's measured maximum for SOAK_SECONDS (default 600): memory, lag, dead-letters.
+soak: $(STAMP)
+	$(BIN)/pytest -q -s -m soak tests/test_soak.py
 
 bench: $(STAMP)
 	$(BIN)/tierstream bench --out bench.json
