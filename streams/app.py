@@ -194,6 +194,9 @@ def create_app(settings: Settings, *, rules: Rules | None = None) -> tuple[faust
     for name in (*INPUT_TOPICS, *names.OUTPUT_TOPICS, *names.INTERNAL_TOPICS):
         runtime.out[name] = app.topic(name, **RAW, partitions=settings.partitions)
     runtime.metrics.rules_info.labels(rules_version=runtime.rules.version).set(1)
+    for topic in INPUT_TOPICS:
+        # Exported at 0 from the start: a late event is the exception worth seeing appear.
+        runtime.metrics.events_late.labels(topic=topic)
     runtime.metrics.redis_backlog.set_function(runtime.redis_backlog)
     runtime.metrics.model_info.labels(params_version=runtime.params.version).set(0)
     # Faust's recovery trusts the broker's high-water marks, which the embedded broker under-
