@@ -124,6 +124,10 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
         "stream_wait_empty": False,
         "stream_buffer_maxsize": 16384,
         "broker_max_poll_records": 2000,
+        # Smaller fetches per partition interleave the input topics more finely, so the
+        # event-time order across topics (streams/ordering.py) holds fewer records waiting for
+        # a topic whose records sit behind another's in the fetch buffer.
+        "consumer_max_fetch_size": 128 * 1024,
         "producer_linger": 0.005,
         "broker_commit_every": 2000,
         "broker_commit_interval": 1.0,

@@ -28,7 +28,10 @@ from typing import Generic, TypeVar
 Item = TypeVar("Item")
 
 NO_TIME = -1
-BEHIND_GIVE_UP = 30
+# A backlogged consumer can leave one topic-partition without arrivals for a long while (its
+# records wait behind other partitions' in the fetch buffers), so "behind" is trusted for this
+# many idle periods before a topic whose high-water mark never fills is taken as quiet.
+BEHIND_GIVE_UP = 300
 TopicPartition = tuple[str, int]
 
 

@@ -546,8 +546,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         tick_seconds=_float(env, "TIERSTREAM_TICK_SECONDS", 1.0, 0.05, 3600),
         order_idle_ms=_int(env, "TIERSTREAM_ORDER_IDLE_MS", 1000, 0, 3_600_000),
         order_max_held=_int(env, "TIERSTREAM_ORDER_MAX_HELD", 100_000, 1, 10_000_000),
-        flush_records=_int(env, "TIERSTREAM_FLUSH_RECORDS", 500, 1, 100_000),
-        flush_ms=_int(env, "TIERSTREAM_FLUSH_MS", 100, 1, 60_000),
+        flush_records=_int(env, "TIERSTREAM_FLUSH_RECORDS", 5000, 1, 100_000),
+        flush_ms=_int(env, "TIERSTREAM_FLUSH_MS", 1000, 1, 60_000),
         holdout_share=(
             _float(env, "TIERSTREAM_HOLDOUT_SHARE", 0.10, 0.0, 1.0)
             if env.get("TIERSTREAM_HOLDOUT_SHARE")

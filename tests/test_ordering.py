@@ -8,7 +8,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.ordering import InOrderAcks, PartitionOrder
+from streams.ordering import BEHIND_GIVE_UP, InOrderAcks, PartitionOrder
 
 TOPICS = ("purchases", "email-opens", "email-clicks", "wechat-interactions", "suppressions")
 IDLE_MS = 1000
@@ -201,5 +201,6 @@ def test_a_high_water_mark_that_never_fills_gives_way_in_the_end() -> None:
     held = order()
     held.hold("purchases", 10, 0, ("purchases", 0), NOW)
     always = {"email-opens"}.__contains__
-    assert held.release(NOW + 29 * IDLE_MS, behind=always).items == []
-    assert held.release(NOW + 30 * IDLE_MS, behind=always).items == [("purchases", 0)]
+    give_up = BEHIND_GIVE_UP * IDLE_MS
+    assert held.release(NOW + give_up - 1, behind=always).items == []
+    assert held.release(NOW + give_up, behind=always).items == [("purchases", 0)]
