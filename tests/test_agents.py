@@ -21,6 +21,7 @@ import base64
 import itertools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -222,8 +223,8 @@ def settings(tmp_path: Path) -> Settings:
     return make_settings(tmp_path, closed_redis_url())
 
 
-@pytest.fixture
-async def segment(settings: Settings) -> AsyncIterator[SegmentHarness]:
+@asynccontextmanager
+async def segment_harness(settings: Settings) -> AsyncIterator[SegmentHarness]:
     app, runtime = create_app(settings)
     assert app.conf.store.scheme == "memory"
     sends: dict[str, AsyncMock] = {}
@@ -235,6 +236,12 @@ async def segment(settings: Settings) -> AsyncIterator[SegmentHarness]:
         yield SegmentHarness(app, runtime, tested, sends, itertools.count(100))
     assert not tested.crashed
     await runtime.redis.aclose()
+
+
+@pytest.fixture
+async def segment(settings: Settings) -> AsyncIterator[SegmentHarness]:
+    async with segment_harness(settings) as harness:
+        yield harness
 
 
 def one_dead_letter(segment: SegmentHarness) -> tuple[bytes | None, dict[str, Any]]:
@@ -511,16 +518,8 @@ async def ordered(tmp_path: Path) -> AsyncIterator[SegmentHarness]:
     """The segment agent with the event-time order across topics on (a quiet topic releases
     after a minute, so only the records and explicit clock moves of a test release anything)."""
     settings = make_settings(tmp_path, closed_redis_url(), TIERSTREAM_ORDER_IDLE_MS="60000")
-    app, runtime = create_app(settings)
-    sends: dict[str, AsyncMock] = {}
-    for name, topic in runtime.out.items():
-        sends[name] = AsyncMock(name=f"{name}.send")
-        topic.send = sends[name]  # type: ignore[method-assign]
-    agent = app.agents[SEGMENT]
-    async with agent.test_context() as tested:
-        yield SegmentHarness(app, runtime, tested, sends, itertools.count(100))
-    assert not tested.crashed
-    await runtime.redis.aclose()
+    async with segment_harness(settings) as harness:
+        yield harness
 
 
 def email_open(customer_id: str, event_id: str, occurred_ms: int) -> bytes:
