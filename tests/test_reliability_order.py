@@ -41,7 +41,7 @@ from streams.demo import read_profiles
 from streams.embedded import EmbeddedStack
 from streams.harness import WorkerProcess, caught_up
 from streams.replay import TopicEvent, encode_key, send_ticks
-from tests.e2e_support import fresh_stack, send, start_worker, topic_values
+from tests.e2e_support import fresh_stack, send, start_worker, topic_values, wait_consumed
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -141,21 +141,6 @@ def check_profiles(
 # -- running a worker ---------------------------------------------------------------------------
 
 
-def wait_processed(worker: WorkerProcess, count: int, timeout: float = 600.0) -> None:
-    """Until `count` input records are consumed (forwarded ones count once) and nothing is held
-    or waiting for Redis."""
-    worker.wait_for(
-        lambda m: (
-            m.get("tierstream_events_consumed_total", 0)
-            - m.get("tierstream_events_forwarded_total", 0)
-            >= count
-            and caught_up(m)
-        ),
-        timeout=timeout,
-        what=f"{count} events processed",
-    )
-
-
 def move_clock_and_settle(stack: EmbeddedStack, worker: WorkerProcess, at_ms: int) -> None:
     """Tick every partition to `at_ms`, then wait until the worker is quiet: no new transition
     and nothing pending for three samples in a row."""
@@ -181,7 +166,7 @@ def run_once(events: Sequence[TopicEvent], tmp: Path, name: str) -> dict[str, di
         worker = start_worker(stack, tmp, name, **WORKER_ENV)
         try:
             send(stack, events)
-            wait_processed(worker, len(events))
+            wait_consumed(worker, len(events), timeout=600)
             move_clock_and_settle(stack, worker, END_OF_HISTORY_MS)
             assert not topic_values(stack, "dead-letters")
             return profiles_by_customer(stack)
@@ -262,7 +247,7 @@ def test_confluent_kafka_and_aiokafka_producers_interleaved(tmp_path: Path) -> N
         try:
             by_confluent, by_aiokafka = asyncio.run(publish_interleaved(stack.bootstrap, events))
             assert by_confluent > 0 and by_aiokafka > 0
-            wait_processed(worker, len(events))
+            wait_consumed(worker, len(events), timeout=600)
             metrics = worker.metrics()
             move_clock_and_settle(stack, worker, END_OF_HISTORY_MS)
             profiles = profiles_by_customer(stack)
