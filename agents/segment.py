@@ -31,6 +31,7 @@ from streams.app import Runtime
 from streams.deadletter import build_dead_letter, max_request_bytes
 from streams.ordering import InOrderAcks, PartitionOrder
 from streams.partitioning import partition_for
+from streams.sequence import OffsetSequence, Verdict
 from streams.writebehind import WriteBehind
 
 log = logging.getLogger("tierstream.segment")
@@ -89,6 +90,11 @@ class SegmentProcessor:
         # The last offset received per input topic-partition, to tell a quiet topic from a
         # backlogged one (see `behind`).
         self.received: dict[tuple[str, int], int] = {}
+        self.sequence = OffsetSequence()
+        # Per partition, the latest profile of each customer touched by the current batch (None:
+        # erased): the read model needs only the last one, so one is published per customer
+        # per batch, not one per event.
+        self.profiles: dict[int, dict[bytes, dict[str, Any] | None]] = {}
         s = runtime.settings
         self.writes = WriteBehind(
             runtime.customers, max_records=s.flush_records, max_seconds=s.flush_ms / 1000
@@ -104,9 +110,27 @@ class SegmentProcessor:
         """Write the partition's batch if it is due (must run in a record of `partition`)."""
         if not (force or self.writes.due(partition)):
             return
+        await self.send_profiles(partition)
         for message in await self.writes.flush(partition):
             self.finished(message)
         self.save_applied(partition)
+
+    def queue_profile(self, partition: int, key: bytes, profile: dict[str, Any] | None) -> None:
+        batch = self.profiles.setdefault(partition, {})
+        if key not in batch:
+            self.rt.profiles_pending += 1
+        batch[key] = profile
+
+    async def send_profiles(self, partition: int) -> None:
+        """Publish the batch's profiles; the batch's state waits for their delivery too."""
+        batch = self.profiles.pop(partition, None)
+        if not batch:
+            return
+        self.rt.profiles_pending -= len(batch)
+        for key, profile in batch.items():
+            value = orjson.dumps(profile) if profile is not None else None
+            await self.send(partition, names.PROFILES, key=key, value=value)
+            self.rt.profiles_sent += 1
 
     async def send(self, batch: int, topic: str, **kwargs: Any) -> None:
         """Publish, and let the batch of partition `batch` wait for the delivery."""
@@ -148,12 +172,67 @@ class SegmentProcessor:
         for key in [k for k in self.received if k[1] in gone]:
             del self.received[key]
         self.acks.forget([tp for tp in self.acks.topic_partitions() if tp[1] in gone])
+        self.sequence.forget([tp for tp in self.sequence.topic_partitions() if tp[1] in gone])
         self.writes.discard(gone)
+        for partition in gone:
+            self.rt.profiles_pending -= len(self.profiles.pop(partition, {}))
         self.to_ack = [e for e in self.to_ack if e.message.partition not in gone]
         self.rt.metrics.events_held.set(self.held())
 
     def held(self) -> int:
         return sum(len(order) for order in self.orders.values())
+
+    # -- offsets in sequence ------------------------------------------------------------------
+    async def in_sequence(self, message: Any) -> bool:
+        """Whether to process this input record: False for one past a hole in the offsets (the
+        consumer is sought back to the hole, see streams/sequence.py) or fetched before that
+        seek took effect. Such a record is not acknowledged: it comes again."""
+        tp = TP(message.topic, message.partition)
+        consumer = getattr(self.rt.app, "consumer", None)
+        start: int | None = None
+        try:
+            if consumer is not None and tp in consumer.assignment():
+                # Faust keeps a committed 0 as None; the consumer starts at 0 then.
+                start = getattr(consumer, "_committed_offset", {}).get(tp) or 0
+        except Exception:  # no running consumer (agent tests): the first record starts it
+            start = None
+        key = (message.topic, message.partition)
+        decision = self.sequence.check(key, message.offset, start, time.monotonic())
+        verdict = decision.verdict
+        if verdict is Verdict.ACCEPT:
+            return True
+        rewinds = self.rt.metrics.offset_rewinds
+        if verdict is Verdict.HOLE:
+            log.warning(
+                "%s[%d]: offsets %d to %d are missing again after a seek back: a real hole "
+                "(compaction, transaction markers or retention), going on",
+                message.topic,
+                message.partition,
+                decision.offset,
+                message.offset - 1,
+            )
+            rewinds.labels(topic=message.topic, outcome="hole").inc()
+            return True
+        if verdict is Verdict.SEEK:
+            log.warning(
+                "%s[%d]: received offset %d while %d was expected: the consumer skipped "
+                "records; seeking back to %d",
+                message.topic,
+                message.partition,
+                message.offset,
+                decision.offset,
+                decision.offset,
+            )
+            rewinds.labels(topic=message.topic, outcome="sought").inc()
+            try:
+                if consumer is None:
+                    raise RuntimeError("no consumer")
+                await consumer.seek(tp, decision.offset)
+            except Exception:
+                log.exception("could not seek %s[%d]: going on past the hole", *key)
+                self.sequence.give_up(key, message.offset)
+                return True
+        return False
 
     # -- bad input ---------------------------------------------------------------------------
     async def dead_letter(
@@ -519,8 +598,7 @@ class SegmentProcessor:
         if existed:
             self.writes.put(partition, key, None)
         self.writes.put(partition, erased_key(event.customer_id), str(event.occurred_ms).encode())
-        await self.send(partition, names.PROFILES, key=key, value=None)
-        rt.profiles_sent += 1
+        self.queue_profile(partition, key, None)
         rt.metrics.customers_erased.inc()
 
     async def publish(
@@ -536,8 +614,7 @@ class SegmentProcessor:
         rt = self.rt
         m = rt.metrics
         assert result.state is not None
-        await self.send(partition, names.PROFILES, key=key, value=orjson.dumps(result.profile))
-        rt.profiles_sent += 1
+        self.queue_profile(partition, key, result.profile)
         emitted = to_rfc3339(rt.now_ms())
         for change in result.changes:
             change["emitted_at"] = emitted
@@ -584,6 +661,8 @@ def register_segment_agent(runtime: Runtime) -> faust.types.AgentT:
         manual = stream.noack()  # type: ignore[attr-defined]
         async for event in manual.events():
             message = event.message
+            if message.topic != names.TICKS and not await processor.in_sequence(message):
+                continue
             processor.acks.arrived((message.topic, message.partition), message.offset, event)
             try:
                 await processor.handle(message, event.value)

@@ -60,9 +60,11 @@ class Runtime:
     # model's backlog (Redis down or slow), which a gauge reports and tests wait on.
     profiles_sent: int = 0
     profiles_written: int = 0
+    # Profiles waiting in the segment agent's write batch (published when it is written).
+    profiles_pending: int = 0
 
     def redis_backlog(self) -> int:
-        return max(0, self.profiles_sent - self.profiles_written)
+        return max(0, self.profiles_sent - self.profiles_written) + self.profiles_pending
 
     def now_ms(self) -> int:
         return int(time.time() * 1000)

@@ -39,6 +39,7 @@ class Metrics:
     events_held: Gauge
     events_late: Counter
     order_forced: Counter
+    offset_rewinds: Counter
 
 
 def create(registry: CollectorRegistry | None = None) -> Metrics:
@@ -163,6 +164,13 @@ def create(registry: CollectorRegistry | None = None) -> Metrics:
         order_forced=Counter(
             p + "order_forced_total",
             "Records folded before their event-time turn because too many were held",
+            registry=reg,
+        ),
+        offset_rewinds=Counter(
+            p + "offset_rewinds_total",
+            "Input records received past a hole in the offsets: the consumer was sought back "
+            "(outcome=sought), or the hole came again and was accepted as real (outcome=hole)",
+            ["topic", "outcome"],
             registry=reg,
         ),
     )

@@ -556,12 +556,14 @@ async def test_records_wait_for_the_other_topics_and_fold_in_event_time_order(
     await ordered.deliver(names.TICKS, tick, partition=partition)
     assert bought.acked and opened.acked
     assert metric(rt, "tierstream_events_held") == 0
+    # Folded in event-time order: the open (a prospect: no purchase yet), then the purchase.
+    changes = [doc for _, doc in ordered.sent(names.TIER_CHANGES)]
+    assert [c["stage"] for c in changes] == ["prospect", "new"], changes
+    # One profile per customer per write batch: the last one.
     profiles = [doc for _, doc in ordered.sent(names.PROFILES)]
-    assert len(profiles) == 2
-    # Folded in event-time order: the open (no purchase yet), then the purchase.
-    assert profiles[0]["rfm"]["frequency"] == 0
-    assert profiles[1]["rfm"]["frequency"] == 1
-    assert profiles[1]["engagement"]["score"] > 0
+    assert len(profiles) == 1
+    assert profiles[0]["rfm"]["frequency"] == 1
+    assert profiles[0]["engagement"]["score"] > 0
     assert metric(rt, "tierstream_events_late_total", topic=PURCHASES) == 0
 
 
@@ -606,6 +608,79 @@ async def test_a_record_at_or_below_the_folded_offsets_is_a_redelivery(
     assert (
         metric(rt, "tierstream_events_ignored_total", topic=PURCHASES, reason="redelivered") == 2
     )
+
+
+async def test_a_record_past_a_hole_in_the_offsets_seeks_the_consumer_back(
+    segment: SegmentHarness,
+) -> None:
+    """The group was committed back to 0 but the consumer hands over offset 5 first (it skipped
+    records): the agent seeks back to 0 instead of folding and acknowledging past the hole, and
+    drops what was fetched before the seek took effect; those come again."""
+    from faust.types import TP
+
+    rt = segment.runtime
+    key = b"c-hole"
+    partition = partition_for(key, PARTITIONS)
+    tp = TP(PURCHASES, partition)
+    consumer = segment.app.consumer
+    seek = AsyncMock(name="consumer.seek")
+    consumer.assignment = lambda: {tp}  # type: ignore[method-assign]
+    consumer.seek = seek  # type: ignore[method-assign]
+    events = [
+        purchase("c-hole", f"e{n}", f"o{n}", "10", wall_ms() - (7 - n) * DAY_MS) for n in range(7)
+    ]
+
+    skipped = await segment.deliver(PURCHASES, events[5], key=key, offset=5, wait=False)
+    await segment.deliver(PURCHASES, events[6], key=key, offset=6, wait=False)
+    await asyncio.sleep(0.05)
+    seek.assert_awaited_once_with(tp, 0)
+    assert not skipped.acked
+    assert rt.customers.get(key) is None
+    sought = metric(rt, "tierstream_offset_rewinds_total", topic=PURCHASES, outcome="sought")
+    assert sought == 1
+
+    # After the seek the consumer delivers the whole partition again, from 0.
+    for n, value in enumerate(events):
+        await segment.deliver(PURCHASES, value, key=key, offset=n)
+    state = CustomerState.from_bytes(rt.customers[key])
+    assert state.frequency() == 7
+    assert seek.await_count == 1
+
+
+async def test_one_profile_per_customer_per_write_batch(tmp_path: Path) -> None:
+    """The read model needs only a customer's last profile: a batch publishes one per customer
+    (the latest), when it is written, and the Redis backlog counts it until then."""
+    settings = make_settings(
+        tmp_path, closed_redis_url(), TIERSTREAM_FLUSH_RECORDS="4", TIERSTREAM_FLUSH_MS="60000"
+    )
+    async with segment_harness(settings) as segment:
+        rt = segment.runtime
+        start = wall_ms() - 10 * DAY_MS
+        # Two customers of one partition: one batch.
+        a = "c-a"
+        b = next(
+            c
+            for c in (f"c-b{n}" for n in range(100))
+            if partition_for(c.encode(), PARTITIONS) == partition_for(a.encode(), PARTITIONS)
+        )
+        records = [
+            (a, purchase(a, "a1", "oa1", "10", start)),
+            (a, purchase(a, "a2", "oa2", "20", start + DAY_MS)),
+            (b, purchase(b, "b1", "ob1", "30", start + DAY_MS)),
+        ]
+        for customer, value in records:
+            await segment.deliver(PURCHASES, value, key=customer.encode(), wait=False)
+        await asyncio.sleep(0.05)
+        assert segment.sent(names.PROFILES) == []
+        assert len(segment.sent(names.TIER_CHANGES)) >= 2  # changes go out at once
+        assert rt.redis_backlog() == 2  # two customers' profiles wait for the batch
+        last = purchase(a, "a3", "oa3", "40", start + 2 * DAY_MS)
+        assert (await segment.deliver(PURCHASES, last, key=a.encode())).acked
+        profiles = segment.sent(names.PROFILES)
+        assert sorted(key for key, _ in profiles) == sorted([a.encode(), b.encode()])
+        latest = {key: doc for key, doc in profiles}
+        assert latest[a.encode()]["rfm"]["frequency"] == 3
+        assert rt.profiles_pending == 0
 
 
 async def test_state_waits_for_its_outputs_to_be_delivered(segment: SegmentHarness) -> None:
