@@ -188,15 +188,16 @@ class SegmentProcessor:
         consumer is sought back to the hole, see streams/sequence.py) or fetched before that
         seek took effect. Such a record is not acknowledged: it comes again."""
         tp = TP(message.topic, message.partition)
+        key = (message.topic, message.partition)
         consumer = getattr(self.rt.app, "consumer", None)
         start: int | None = None
-        try:
-            if consumer is not None and tp in consumer.assignment():
-                # Faust keeps a committed 0 as None; the consumer starts at 0 then.
-                start = getattr(consumer, "_committed_offset", {}).get(tp) or 0
-        except Exception:  # no running consumer (agent tests): the first record starts it
-            start = None
-        key = (message.topic, message.partition)
+        if not self.sequence.knows(key):
+            try:
+                if consumer is not None and tp in consumer.assignment():
+                    # Faust keeps a committed 0 as None; the consumer starts at 0 then.
+                    start = getattr(consumer, "_committed_offset", {}).get(tp) or 0
+            except Exception:  # no running consumer (agent tests): the first record starts it
+                start = None
         decision = self.sequence.check(key, message.offset, start, time.monotonic())
         verdict = decision.verdict
         if verdict is Verdict.ACCEPT:

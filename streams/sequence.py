@@ -77,6 +77,10 @@ class OffsetSequence:
         self._next[tp] = max(offset + 1, self._next.get(tp, 0))
         return Decision(Verdict.ACCEPT, offset)
 
+    def knows(self, tp: TopicPartition) -> bool:
+        """Whether a record of `tp` was seen since it was assigned (`start` is then unused)."""
+        return tp in self._next or tp in self._rewinding
+
     def give_up(self, tp: TopicPartition, offset: int) -> None:
         """The seek failed: take `offset` as the sequence from here (the hole is accepted)."""
         self._rewinding.pop(tp, None)

@@ -77,7 +77,9 @@ def test_an_unknown_start_takes_the_first_record_as_the_sequence() -> None:
 def test_forget_starts_again_from_the_commit() -> None:
     seq = OffsetSequence()
     assert verdicts(seq, [0, 1, 2]) == [Verdict.ACCEPT] * 3
+    assert seq.knows(TP)
     seq.forget([TP])
+    assert not seq.knows(TP)
     assert seq.check(TP, 2, 1) == Decision(Verdict.SEEK, 1)
     assert seq.topic_partitions() == [TP]
 
