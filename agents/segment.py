@@ -184,9 +184,10 @@ class SegmentProcessor:
 
     # -- offsets in sequence ------------------------------------------------------------------
     async def in_sequence(self, message: Any) -> bool:
-        """Whether to process this input record: False for one past a hole in the offsets (the
-        consumer is sought back to the hole, see streams/sequence.py) or fetched before that
-        seek took effect. Such a record is not acknowledged: it comes again."""
+        """Whether to process this input record: False for one past the committed offset at the
+        start of an assignment (the consumer skipped records: it is sought back, see
+        streams/sequence.py) or fetched before that seek took effect. Such a record is not
+        acknowledged: it comes again."""
         tp = TP(message.topic, message.partition)
         key = (message.topic, message.partition)
         consumer = getattr(self.rt.app, "consumer", None)
@@ -205,8 +206,8 @@ class SegmentProcessor:
         rewinds = self.rt.metrics.offset_rewinds
         if verdict is Verdict.HOLE:
             log.warning(
-                "%s[%d]: offsets %d to %d are missing again after a seek back: a real hole "
-                "(compaction, transaction markers or retention), going on",
+                "%s[%d]: offsets %d to %d did not come back after seeking: a real hole "
+                "(retention, or a committed offset on a transaction marker), going on",
                 message.topic,
                 message.partition,
                 decision.offset,
@@ -216,12 +217,11 @@ class SegmentProcessor:
             return True
         if verdict is Verdict.SEEK:
             log.warning(
-                "%s[%d]: received offset %d while %d was expected: the consumer skipped "
-                "records; seeking back to %d",
+                "%s[%d]: first record after the assignment at offset %d, the committed offset "
+                "is %d: the consumer skipped records; seeking back",
                 message.topic,
                 message.partition,
                 message.offset,
-                decision.offset,
                 decision.offset,
             )
             rewinds.labels(topic=message.topic, outcome="sought").inc()
@@ -231,9 +231,27 @@ class SegmentProcessor:
                 await consumer.seek(tp, decision.offset)
             except Exception:
                 log.exception("could not seek %s[%d]: going on past the hole", *key)
-                self.sequence.give_up(key, message.offset)
+                self.sequence.give_up(key)
                 return True
         return False
+
+    async def repeat_seeks(self) -> None:
+        """From a timer: seek again where the wanted record has not come (streams/sequence.py)."""
+        due = self.sequence.due_seeks(time.monotonic())
+        if not due:
+            return
+        consumer = getattr(self.rt.app, "consumer", None)
+        for (topic, partition), offset in due:
+            log.warning(
+                "%s[%d]: offset %d has not come yet; seeking again", topic, partition, offset
+            )
+            self.rt.metrics.offset_rewinds.labels(topic=topic, outcome="sought").inc()
+            try:
+                if consumer is None:
+                    raise RuntimeError("no consumer")
+                await consumer.seek(TP(topic, partition), offset)
+            except Exception:
+                log.exception("could not seek %s[%d] again", topic, partition)
 
     # -- bad input ---------------------------------------------------------------------------
     async def dead_letter(
@@ -710,6 +728,10 @@ def register_segment_agent(runtime: Runtime) -> faust.types.AgentT:
             }
             for partition in sorted(owned):
                 await runtime.out[names.TICKS].send(key=None, value=now, partition=partition)
+
+    @runtime.app.timer(interval=0.5)
+    async def repeat_seeks() -> None:
+        await processor.repeat_seeks()
 
     s = runtime.settings
     if s.order_idle_ms > 0 or s.flush_records > 1:

@@ -168,8 +168,9 @@ def create(registry: CollectorRegistry | None = None) -> Metrics:
         ),
         offset_rewinds=Counter(
             p + "offset_rewinds_total",
-            "Input records received past a hole in the offsets: the consumer was sought back "
-            "(outcome=sought), or the hole came again and was accepted as real (outcome=hole)",
+            "First input records after an assignment past the committed offset: the consumer "
+            "was sought back (outcome=sought), or the hole did not close and was accepted "
+            "(outcome=hole)",
             ["topic", "outcome"],
             registry=reg,
         ),

@@ -1,20 +1,26 @@
-"""Offsets received in sequence per topic-partition: records skipped by the consumer are
-fetched again instead of being committed over.
+"""The first offset received on a topic-partition after an assignment is checked against the
+committed one: records the consumer skipped there are fetched again instead of being committed
+over.
 
 A consumer group committed back to offset 0 and a worker restarted: the worker sometimes received
-only part of the input (2,298 of 4,298 records), with no error and no rebalance. Faust reads a
-committed offset of 0 as "no commit" and drops records its fetcher handed over while the
-partition was not yet active; the records after the hole were then processed and acknowledged,
-and the commit moved over the hole. On a brand-new group that loses events for good.
+only part of the input (2,298 of 4,298 records), with no error and no rebalance; its log showed
+`purchases[3]` starting at offset 295. Faust reads a committed offset of 0 as "no commit" and can
+drop records its fetcher handed over while a partition was not yet active after the assignment;
+the records after the hole were then processed and acknowledged, and the commit moved over the
+hole. On a brand-new group that loses events for good.
 
-So the segment agent checks every input record against the next offset it expects on its
-topic-partition (the committed offset for the first record after an assignment). A record past
-it means a hole: the consumer is sought back to the expected offset once, and the records that
-were already fetched after the hole are dropped unacknowledged (they come again after the seek).
-If the redelivery starts past the expected offset again, the hole is real (a compacted topic,
-transaction markers, a log start moved by retention) and is accepted; so is a hole whose seek has
-not taken effect within REWIND_TIMEOUT_S (a stalled partition would be worse than the hole).
-Pure: the clock is passed in, the agent does the seek and the logging.
+So the segment agent checks the first record of every input topic-partition after an assignment
+against where the consumer was to start (the committed offset, 0 when there is none). A record
+past it means a hole: the consumer is sought back, and the records fetched before the seek took
+effect are dropped unacknowledged (they come again after it). The seek is repeated every
+RESEEK_S until the wanted record comes (a seek racing with a fetch in flight can be undone by
+Faust's fetch loop, which drops records below the last offset it handed over), and after
+REWIND_TIMEOUT_S a record past the start is accepted, the hole taken as real (a log start moved by
+retention, a committed offset on a transaction marker) rather than stall the partition.
+
+Only the first record is checked: later holes are normal on Kafka (transaction markers, aborted
+transactions, compaction) and Faust's fetch loop already accounts for them; a check there would
+stall on every transaction marker. Pure: the clock is passed in, the agent seeks and logs.
 """
 
 from __future__ import annotations
@@ -25,14 +31,15 @@ from typing import Final
 
 TopicPartition = tuple[str, int]
 
-REWIND_TIMEOUT_S: Final = 30.0
+RESEEK_S: Final = 2.0
+REWIND_TIMEOUT_S: Final = 20.0
 
 
 class Verdict(Enum):
-    ACCEPT = "accept"  # in sequence (or a redelivery of an earlier offset): process it
-    SEEK = "seek"  # past a hole: seek the consumer back to `Decision.offset`, drop this record
-    DROP = "drop"  # fetched before the seek took effect: it comes again, drop it
-    HOLE = "hole"  # the redelivery after a seek skipped the same offsets: a real hole, process it
+    ACCEPT = "accept"  # process it
+    SEEK = "seek"  # past the start: seek the consumer to `Decision.offset`, drop this record
+    DROP = "drop"  # past the start while a seek is under way: it comes again, drop it
+    HOLE = "hole"  # the seeks did not bring the start back in time: a real hole, process it
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,56 +48,72 @@ class Decision:
     offset: int  # SEEK: where to seek; HOLE: the first offset missing
 
 
+@dataclass(slots=True)
+class _Rewind:
+    wanted: int
+    since: float
+    sought_at: float
+
+
 class OffsetSequence:
     def __init__(self) -> None:
-        self._next: dict[TopicPartition, int] = {}
-        # topic-partition -> (offset sought back to, highest offset dropped since, when)
-        self._rewinding: dict[TopicPartition, tuple[int, int, float]] = {}
+        self._started: set[TopicPartition] = set()
+        self._rewinding: dict[TopicPartition, _Rewind] = {}
+
+    def knows(self, tp: TopicPartition) -> bool:
+        """Whether `tp` has started since it was assigned (`start` is then unused)."""
+        return tp in self._started or tp in self._rewinding
 
     def check(
         self, tp: TopicPartition, offset: int, start: int | None, now_s: float = 0.0
     ) -> Decision:
         """`start` is where the consumer was to begin on `tp` (the group's committed offset, 0
-        for none), used only for the first record of `tp` since it was assigned; None when not
-        known (no running consumer): the first record then sets the sequence."""
-        rewinding = self._rewinding.get(tp)
-        if rewinding is not None:
-            wanted, last_dropped, since = rewinding
-            if offset == wanted:
-                del self._rewinding[tp]
-            elif offset <= last_dropped or now_s - since > REWIND_TIMEOUT_S:
-                # The fetch after the seek starts past the expected offset again (or the seek
-                # never took effect).
-                del self._rewinding[tp]
-                self._next[tp] = offset + 1
-                return Decision(Verdict.HOLE, wanted)
-            else:
-                self._rewinding[tp] = (wanted, offset, since)
-                return Decision(Verdict.DROP, wanted)
-        else:
-            expected = self._next.get(tp)
-            if expected is None:
-                expected = offset if start is None else start
-            if offset > expected:
-                self._rewinding[tp] = (expected, offset, now_s)
-                return Decision(Verdict.SEEK, expected)
-        self._next[tp] = max(offset + 1, self._next.get(tp, 0))
-        return Decision(Verdict.ACCEPT, offset)
+        for none), read for the first record of `tp` since it was assigned; None when not
+        known (no running consumer): that record is then taken as the start."""
+        if tp in self._started:
+            return Decision(Verdict.ACCEPT, offset)
+        rewind = self._rewinding.get(tp)
+        if rewind is None:
+            if start is None or offset <= start:
+                self._started.add(tp)
+                return Decision(Verdict.ACCEPT, offset)
+            self._rewinding[tp] = _Rewind(start, now_s, now_s)
+            return Decision(Verdict.SEEK, start)
+        if offset <= rewind.wanted:
+            del self._rewinding[tp]
+            self._started.add(tp)
+            return Decision(Verdict.ACCEPT, offset)
+        if now_s - rewind.since >= REWIND_TIMEOUT_S:
+            del self._rewinding[tp]
+            self._started.add(tp)
+            return Decision(Verdict.HOLE, rewind.wanted)
+        if now_s - rewind.sought_at >= RESEEK_S:
+            rewind.sought_at = now_s
+            return Decision(Verdict.SEEK, rewind.wanted)
+        return Decision(Verdict.DROP, rewind.wanted)
 
-    def knows(self, tp: TopicPartition) -> bool:
-        """Whether a record of `tp` was seen since it was assigned (`start` is then unused)."""
-        return tp in self._next or tp in self._rewinding
+    def due_seeks(self, now_s: float) -> list[tuple[TopicPartition, int]]:
+        """Seeks to repeat now: the wanted record has not come for RESEEK_S. Asked by a timer
+        too, not only when a record comes: Faust's fetch loop drops records below the last
+        offset it handed over, so the records of the first seek can all be dropped when it
+        raced with a fetch in flight, and then nothing of the partition comes at all."""
+        due = []
+        for tp, rewind in self._rewinding.items():
+            if now_s - rewind.sought_at >= RESEEK_S:
+                rewind.sought_at = now_s
+                due.append((tp, rewind.wanted))
+        return due
 
-    def give_up(self, tp: TopicPartition, offset: int) -> None:
-        """The seek failed: take `offset` as the sequence from here (the hole is accepted)."""
+    def give_up(self, tp: TopicPartition) -> None:
+        """The seek failed: go on from here (the hole is accepted)."""
         self._rewinding.pop(tp, None)
-        self._next[tp] = offset + 1
+        self._started.add(tp)
 
     def forget(self, tps: list[TopicPartition]) -> None:
         """Partitions revoked: the next owner (maybe this worker again) starts from the commit."""
         for tp in tps:
-            self._next.pop(tp, None)
+            self._started.discard(tp)
             self._rewinding.pop(tp, None)
 
     def topic_partitions(self) -> list[TopicPartition]:
-        return list(self._next.keys() | self._rewinding.keys())
+        return list(self._started | self._rewinding.keys())

@@ -610,7 +610,7 @@ async def test_a_record_at_or_below_the_folded_offsets_is_a_redelivery(
     )
 
 
-async def test_a_record_past_a_hole_in_the_offsets_seeks_the_consumer_back(
+async def test_a_first_record_past_the_committed_offset_seeks_the_consumer_back(
     segment: SegmentHarness,
 ) -> None:
     """The group was committed back to 0 but the consumer hands over offset 5 first (it skipped

@@ -1,77 +1,91 @@
-"""The offset sequence check (streams/sequence.py): a hole in the offsets received is sought back
-once; records fetched before the seek took effect are dropped; a hole that comes again is real."""
+"""The start-of-assignment offset check (streams/sequence.py): a first record past the committed
+offset seeks the consumer back (again while records past it keep coming); records fetched before
+the seek took effect are dropped; a hole that will not go away is accepted after a timeout; holes
+later in the partition are left to the consumer."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.sequence import REWIND_TIMEOUT_S, Decision, OffsetSequence, Verdict
+from streams.sequence import RESEEK_S, REWIND_TIMEOUT_S, Decision, OffsetSequence, Verdict
 
 TP = ("purchases", 0)
 
 
-def verdicts(seq: OffsetSequence, offsets: list[int], start: int | None = 0) -> list[Verdict]:
-    return [seq.check(TP, o, start).verdict for o in offsets]
+def verdicts(
+    seq: OffsetSequence, offsets: list[int], start: int | None = 0, now_s: float = 0.0
+) -> list[Verdict]:
+    return [seq.check(TP, o, start, now_s).verdict for o in offsets]
 
 
-def test_records_in_sequence_from_the_committed_offset_are_accepted() -> None:
+def test_records_from_the_committed_offset_are_accepted() -> None:
     seq = OffsetSequence()
     assert verdicts(seq, [5, 6, 7], start=5) == [Verdict.ACCEPT] * 3
 
 
+def test_a_first_record_before_the_committed_offset_is_accepted() -> None:
+    # A redelivery of earlier records (Faust seeking to an older position): nothing is missing.
+    seq = OffsetSequence()
+    assert verdicts(seq, [3, 4], start=5) == [Verdict.ACCEPT] * 2
+
+
 def test_a_first_record_past_the_committed_offset_seeks_back_to_it() -> None:
-    # The group reset case: committed 0, the first record the agent sees is 2000.
+    # The group reset case: committed 0, the first record the agent sees is 295.
     seq = OffsetSequence()
-    assert seq.check(TP, 2000, 0) == Decision(Verdict.SEEK, 0)
+    assert seq.check(TP, 295, 0) == Decision(Verdict.SEEK, 0)
     # Records fetched before the seek took effect: dropped, not acknowledged.
-    assert verdicts(seq, [2001, 2002]) == [Verdict.DROP, Verdict.DROP]
-    # The redelivery from the expected offset: back in sequence.
+    assert verdicts(seq, [296, 297, 398]) == [Verdict.DROP] * 3
+    # The redelivery from the committed offset: started.
     assert verdicts(seq, [0, 1, 2]) == [Verdict.ACCEPT] * 3
 
 
-def test_a_hole_in_the_middle_seeks_back_to_the_first_missing_offset() -> None:
+def test_the_seek_is_repeated_while_records_past_the_start_keep_coming() -> None:
+    # Faust may seek the partition itself after its recovery, over our seek.
     seq = OffsetSequence()
-    assert verdicts(seq, [0, 1, 2]) == [Verdict.ACCEPT] * 3
-    assert seq.check(TP, 10, 0) == Decision(Verdict.SEEK, 3)
-    assert verdicts(seq, [11, 3, 4]) == [Verdict.DROP, Verdict.ACCEPT, Verdict.ACCEPT]
+    assert seq.check(TP, 295, 0, now_s=10.0).verdict is Verdict.SEEK
+    assert seq.check(TP, 398, 0, now_s=10.0 + RESEEK_S / 2).verdict is Verdict.DROP
+    assert seq.check(TP, 399, 0, now_s=10.0 + RESEEK_S) == Decision(Verdict.SEEK, 0)
+    assert seq.check(TP, 400, 0, now_s=10.5 + RESEEK_S).verdict is Verdict.DROP
+    assert seq.check(TP, 0, 0, now_s=11.0 + RESEEK_S).verdict is Verdict.ACCEPT
 
 
-def test_a_hole_that_comes_again_after_the_seek_is_real_and_accepted() -> None:
-    # Transaction markers, compaction, or a log start moved by retention: the offsets are gone.
+def test_a_timer_repeats_the_seek_when_nothing_of_the_partition_comes() -> None:
+    # The first seek's records were all dropped by the fetch loop: no record arrives at all.
     seq = OffsetSequence()
-    assert verdicts(seq, [0, 1]) == [Verdict.ACCEPT] * 2
-    assert seq.check(TP, 5, 0) == Decision(Verdict.SEEK, 2)
-    assert verdicts(seq, [6, 7]) == [Verdict.DROP, Verdict.DROP]
-    assert seq.check(TP, 5, 0) == Decision(Verdict.HOLE, 2)
-    assert verdicts(seq, [6, 7, 8]) == [Verdict.ACCEPT] * 3
+    assert seq.check(TP, 8, 0, now_s=10.0).verdict is Verdict.SEEK
+    assert seq.check(TP, 9, 0, now_s=10.1).verdict is Verdict.DROP
+    assert seq.due_seeks(10.0 + RESEEK_S / 2) == []
+    assert seq.due_seeks(10.0 + RESEEK_S) == [(TP, 0)]
+    assert seq.due_seeks(10.0 + RESEEK_S) == []  # not again before RESEEK_S more
+    assert seq.check(TP, 0, 0, now_s=11.0 + RESEEK_S).verdict is Verdict.ACCEPT
+    assert seq.due_seeks(100.0) == []
 
 
-def test_a_seek_that_never_takes_effect_gives_way_to_the_hole_after_the_timeout() -> None:
+def test_a_hole_that_will_not_go_away_is_accepted_after_the_timeout() -> None:
+    # A log start moved by retention, or a committed offset on a transaction marker.
     seq = OffsetSequence()
-    assert seq.check(TP, 3, 0, now_s=100.0) == Decision(Verdict.SEEK, 0)
-    assert seq.check(TP, 4, 0, now_s=100.0 + REWIND_TIMEOUT_S).verdict is Verdict.DROP
-    assert seq.check(TP, 5, 0, now_s=101.0 + REWIND_TIMEOUT_S) == Decision(Verdict.HOLE, 0)
-    assert seq.check(TP, 6, 0, now_s=102.0 + REWIND_TIMEOUT_S).verdict is Verdict.ACCEPT
+    assert seq.check(TP, 5, 0, now_s=100.0) == Decision(Verdict.SEEK, 0)
+    assert seq.check(TP, 5, 0, now_s=100.0 + REWIND_TIMEOUT_S) == Decision(Verdict.HOLE, 0)
+    assert verdicts(seq, [6, 7], now_s=101.0 + REWIND_TIMEOUT_S) == [Verdict.ACCEPT] * 2
+
+
+def test_holes_after_the_start_are_left_to_the_consumer() -> None:
+    # Transaction markers and aborted transactions leave holes on Kafka: no seek, no stall.
+    seq = OffsetSequence()
+    assert verdicts(seq, [0, 1, 3, 10, 11]) == [Verdict.ACCEPT] * 5
 
 
 def test_give_up_accepts_the_hole_when_the_seek_failed() -> None:
     seq = OffsetSequence()
     assert seq.check(TP, 3, 0).verdict is Verdict.SEEK
-    seq.give_up(TP, 3)
+    seq.give_up(TP)
     assert verdicts(seq, [4, 5]) == [Verdict.ACCEPT] * 2
 
 
-def test_a_redelivered_earlier_offset_is_accepted_and_does_not_move_the_sequence_back() -> None:
+def test_an_unknown_start_takes_the_first_record_as_the_start() -> None:
     seq = OffsetSequence()
-    assert verdicts(seq, [0, 1, 2, 1, 3]) == [Verdict.ACCEPT] * 5
-    assert seq.check(TP, 4, 0).verdict is Verdict.ACCEPT
-
-
-def test_an_unknown_start_takes_the_first_record_as_the_sequence() -> None:
-    seq = OffsetSequence()
-    assert verdicts(seq, [100, 101], start=None) == [Verdict.ACCEPT] * 2
-    assert seq.check(TP, 103, None) == Decision(Verdict.SEEK, 102)
+    assert verdicts(seq, [100, 101, 105], start=None) == [Verdict.ACCEPT] * 3
 
 
 def test_forget_starts_again_from_the_commit() -> None:
@@ -93,26 +107,37 @@ def test_partitions_are_independent() -> None:
 
 
 @given(
-    st.lists(st.integers(min_value=0, max_value=60), min_size=1, max_size=40, unique=True),
+    skipped=st.integers(min_value=1, max_value=50),
+    fetched_ahead=st.integers(min_value=0, max_value=30),
+    overridden=st.integers(min_value=0, max_value=3),
 )
-def test_every_offset_of_a_log_is_processed_whatever_the_consumer_skips(kept: list[int]) -> None:
-    """A consumer that skips records (those not in `kept`) on its first pass but delivers the
-    whole log from where it is sought: every offset from 0 to the end is accepted once, in
-    order."""
-    log = list(range(max(kept) + 1))
+def test_every_offset_from_the_commit_is_processed_once_in_order(
+    skipped: int, fetched_ahead: int, overridden: int
+) -> None:
+    """The consumer skips the first `skipped` records after the commit; `fetched_ahead` more were
+    already fetched when the seek is made; the next `overridden` seeks are undone (Faust seeking
+    the partition itself). Every offset from the commit on is processed, once, in order."""
+    log = list(range(skipped + fetched_ahead + 20))
     seq = OffsetSequence()
-    first_pass = sorted(kept)
     processed: list[int] = []
-    delivered = first_pass
-    for _ in range(len(log) + 2):
-        sought = None
+    now = 0.0
+    delivered = log[skipped:]
+    undone = overridden
+    for _ in range(overridden + 3):
+        sought = False
         for offset in delivered:
-            decision = seq.check(TP, offset, 0)
+            now += 0.001
+            decision = seq.check(TP, offset, 0, now)
             if decision.verdict in (Verdict.ACCEPT, Verdict.HOLE):
                 processed.append(offset)
-            elif decision.verdict is Verdict.SEEK and sought is None:
-                sought = decision.offset
-        if sought is None:
+            elif decision.verdict is Verdict.SEEK:
+                sought = True
+        if not sought:
             break
-        delivered = log[sought:]  # after a seek the broker delivers everything from there
+        if undone > 0:
+            undone -= 1
+            delivered = log[skipped + fetched_ahead :]  # the seek was overridden
+            now += RESEEK_S
+        else:
+            delivered = log
     assert processed == log
