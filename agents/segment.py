@@ -31,7 +31,6 @@ from streams.app import Runtime
 from streams.deadletter import build_dead_letter, max_request_bytes
 from streams.ordering import InOrderAcks, PartitionOrder
 from streams.partitioning import partition_for
-from streams.sequence import OffsetSequence, Verdict
 from streams.writebehind import WriteBehind
 
 log = logging.getLogger("tierstream.segment")
@@ -90,7 +89,6 @@ class SegmentProcessor:
         # The last offset received per input topic-partition, to tell a quiet topic from a
         # backlogged one (see `behind`).
         self.received: dict[tuple[str, int], int] = {}
-        self.sequence = OffsetSequence()
         # Per partition, the latest profile of each customer touched by the current batch (None:
         # erased): the read model needs only the last one, so one is published per customer
         # per batch, not one per event.
@@ -172,7 +170,6 @@ class SegmentProcessor:
         for key in [k for k in self.received if k[1] in gone]:
             del self.received[key]
         self.acks.forget([tp for tp in self.acks.topic_partitions() if tp[1] in gone])
-        self.sequence.forget([tp for tp in self.sequence.topic_partitions() if tp[1] in gone])
         self.writes.discard(gone)
         for partition in gone:
             self.rt.profiles_pending -= len(self.profiles.pop(partition, {}))
@@ -181,77 +178,6 @@ class SegmentProcessor:
 
     def held(self) -> int:
         return sum(len(order) for order in self.orders.values())
-
-    # -- offsets in sequence ------------------------------------------------------------------
-    async def in_sequence(self, message: Any) -> bool:
-        """Whether to process this input record: False for one past the committed offset at the
-        start of an assignment (the consumer skipped records: it is sought back, see
-        streams/sequence.py) or fetched before that seek took effect. Such a record is not
-        acknowledged: it comes again."""
-        tp = TP(message.topic, message.partition)
-        key = (message.topic, message.partition)
-        consumer = getattr(self.rt.app, "consumer", None)
-        start: int | None = None
-        if not self.sequence.knows(key):
-            try:
-                if consumer is not None and tp in consumer.assignment():
-                    # Faust keeps a committed 0 as None; the consumer starts at 0 then.
-                    start = getattr(consumer, "_committed_offset", {}).get(tp) or 0
-            except Exception:  # no running consumer (agent tests): the first record starts it
-                start = None
-        decision = self.sequence.check(key, message.offset, start, time.monotonic())
-        verdict = decision.verdict
-        if verdict is Verdict.ACCEPT:
-            return True
-        rewinds = self.rt.metrics.offset_rewinds
-        if verdict is Verdict.HOLE:
-            log.warning(
-                "%s[%d]: offsets %d to %d did not come back after seeking: a real hole "
-                "(retention, or a committed offset on a transaction marker), going on",
-                message.topic,
-                message.partition,
-                decision.offset,
-                message.offset - 1,
-            )
-            rewinds.labels(topic=message.topic, outcome="hole").inc()
-            return True
-        if verdict is Verdict.SEEK:
-            log.warning(
-                "%s[%d]: first record after the assignment at offset %d, the committed offset "
-                "is %d: the consumer skipped records; seeking back",
-                message.topic,
-                message.partition,
-                message.offset,
-                decision.offset,
-            )
-            rewinds.labels(topic=message.topic, outcome="sought").inc()
-            try:
-                if consumer is None:
-                    raise RuntimeError("no consumer")
-                await consumer.seek(tp, decision.offset)
-            except Exception:
-                log.exception("could not seek %s[%d]: going on past the hole", *key)
-                self.sequence.give_up(key)
-                return True
-        return False
-
-    async def repeat_seeks(self) -> None:
-        """From a timer: seek again where the wanted record has not come (streams/sequence.py)."""
-        due = self.sequence.due_seeks(time.monotonic())
-        if not due:
-            return
-        consumer = getattr(self.rt.app, "consumer", None)
-        for (topic, partition), offset in due:
-            log.warning(
-                "%s[%d]: offset %d has not come yet; seeking again", topic, partition, offset
-            )
-            self.rt.metrics.offset_rewinds.labels(topic=topic, outcome="sought").inc()
-            try:
-                if consumer is None:
-                    raise RuntimeError("no consumer")
-                await consumer.seek(TP(topic, partition), offset)
-            except Exception:
-                log.exception("could not seek %s[%d] again", topic, partition)
 
     # -- bad input ---------------------------------------------------------------------------
     async def dead_letter(
@@ -680,8 +606,6 @@ def register_segment_agent(runtime: Runtime) -> faust.types.AgentT:
         manual = stream.noack()  # type: ignore[attr-defined]
         async for event in manual.events():
             message = event.message
-            if message.topic != names.TICKS and not await processor.in_sequence(message):
-                continue
             processor.acks.arrived((message.topic, message.partition), message.offset, event)
             try:
                 await processor.handle(message, event.value)
@@ -728,10 +652,6 @@ def register_segment_agent(runtime: Runtime) -> faust.types.AgentT:
             }
             for partition in sorted(owned):
                 await runtime.out[names.TICKS].send(key=None, value=now, partition=partition)
-
-    @runtime.app.timer(interval=0.5)
-    async def repeat_seeks() -> None:
-        await processor.repeat_seeks()
 
     s = runtime.settings
     if s.order_idle_ms > 0 or s.flush_records > 1:

@@ -39,7 +39,6 @@ class Metrics:
     events_held: Gauge
     events_late: Counter
     order_forced: Counter
-    offset_rewinds: Counter
 
 
 def create(registry: CollectorRegistry | None = None) -> Metrics:
@@ -164,14 +163,6 @@ def create(registry: CollectorRegistry | None = None) -> Metrics:
         order_forced=Counter(
             p + "order_forced_total",
             "Records folded before their event-time turn because too many were held",
-            registry=reg,
-        ),
-        offset_rewinds=Counter(
-            p + "offset_rewinds_total",
-            "First input records after an assignment past the committed offset: the consumer "
-            "was sought back (outcome=sought), or the hole did not close and was accepted "
-            "(outcome=hole)",
-            ["topic", "outcome"],
             registry=reg,
         ),
     )

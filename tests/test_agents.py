@@ -610,43 +610,6 @@ async def test_a_record_at_or_below_the_folded_offsets_is_a_redelivery(
     )
 
 
-async def test_a_first_record_past_the_committed_offset_seeks_the_consumer_back(
-    segment: SegmentHarness,
-) -> None:
-    """The group was committed back to 0 but the consumer hands over offset 5 first (it skipped
-    records): the agent seeks back to 0 instead of folding and acknowledging past the hole, and
-    drops what was fetched before the seek took effect; those come again."""
-    from faust.types import TP
-
-    rt = segment.runtime
-    key = b"c-hole"
-    partition = partition_for(key, PARTITIONS)
-    tp = TP(PURCHASES, partition)
-    consumer = segment.app.consumer
-    seek = AsyncMock(name="consumer.seek")
-    consumer.assignment = lambda: {tp}  # type: ignore[method-assign]
-    consumer.seek = seek  # type: ignore[method-assign]
-    events = [
-        purchase("c-hole", f"e{n}", f"o{n}", "10", wall_ms() - (7 - n) * DAY_MS) for n in range(7)
-    ]
-
-    skipped = await segment.deliver(PURCHASES, events[5], key=key, offset=5, wait=False)
-    await segment.deliver(PURCHASES, events[6], key=key, offset=6, wait=False)
-    await asyncio.sleep(0.05)
-    seek.assert_awaited_once_with(tp, 0)
-    assert not skipped.acked
-    assert rt.customers.get(key) is None
-    sought = metric(rt, "tierstream_offset_rewinds_total", topic=PURCHASES, outcome="sought")
-    assert sought == 1
-
-    # After the seek the consumer delivers the whole partition again, from 0.
-    for n, value in enumerate(events):
-        await segment.deliver(PURCHASES, value, key=key, offset=n)
-    state = CustomerState.from_bytes(rt.customers[key])
-    assert state.frequency() == 7
-    assert seek.await_count == 1
-
-
 async def test_one_profile_per_customer_per_write_batch(tmp_path: Path) -> None:
     """The read model needs only a customer's last profile: a batch publishes one per customer
     (the latest), when it is written, and the Redis backlog counts it until then."""

@@ -1276,6 +1276,9 @@ def test_agent_outputs_match_their_schemas() -> None:
             await feed(topic, b"00003", encode(doc))
         message = SimpleNamespace(topic=events.WECHAT, partition=0, offset=1, key=None)
         await processor.dead_letter(message, b"{}", "internal_error", "RuntimeError('boom')")
+        # Profiles are published once per customer when a write batch is written.
+        for partition in list(processor.profiles):
+            await processor.send_profiles(partition)
 
     asyncio.run(run())
     published: dict[str, list[tuple[bytes | None, dict[str, Any]]]] = {}
