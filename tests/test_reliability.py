@@ -456,7 +456,7 @@ def publish_in_background(
 @pytest.mark.xfail(
     strict=False,
     reason=(
-        "intermittent since 2026-12-06 (failed in 5 of 12 runs here that day, with the code "
+        "intermittent since 2026-12-06 (failed in 4 of 9 runs here that day, with the code "
         "landed before that session too, more often under load): after the restart, one or two "
         "customers get an event-caused change (potential/new -> active) again under a change_id "
         "the uninterrupted run does not have, so the restarted state differed from the reference "
