@@ -25,7 +25,7 @@ from segmentation.events import INPUT_TOPICS, SUPPRESSIONS, InputEvent, parse_ev
 from segmentation.quantiles import CutPoints
 from segmentation.state import NO_TIME, CustomerState
 from segmentation.step import StepResult, apply_event, reevaluate
-from segmentation.timeutil import HOUR_MS, to_rfc3339
+from segmentation.timeutil import to_rfc3339
 from streams import topics as names
 from streams.app import Runtime
 from streams.deadletter import build_dead_letter, max_request_bytes
@@ -109,9 +109,22 @@ class SegmentProcessor:
         if not (force or self.writes.due(partition)):
             return
         await self.send_profiles(partition)
+        self.put_clock(partition)
         for message in await self.writes.flush(partition):
             self.finished(message)
         self.save_applied(partition)
+
+    def put_clock(self, partition: int) -> None:
+        """Persist the partition clock with the batch, as its last write. A restarted worker
+        resumes from this clock and refolds what came after the batch: had the clock been
+        written before some of the batch's states (a kill part-way through the flush), the
+        events of those customers would be folded again behind a clock already past them,
+        evaluated at the wrong instant, and their changes published under other ids."""
+        rt = self.rt
+        clock = rt.clocks.get(partition, NO_TIME)
+        if clock != NO_TIME and clock != rt.clock_persisted.get(partition, NO_TIME):
+            self.writes.put(partition, CLOCK_KEY % partition, str(clock).encode())
+            rt.clock_persisted[partition] = clock
 
     def queue_profile(self, partition: int, key: bytes, profile: dict[str, Any] | None) -> None:
         batch = self.profiles.setdefault(partition, {})
@@ -361,9 +374,7 @@ class SegmentProcessor:
         if event.occurred_ms < rt.clocks.get(partition, NO_TIME):
             rt.metrics.events_late.labels(topic=event.topic).inc()
         await self.retier_some(partition)
-        await self.advance(
-            partition, event.occurred_ms, "backfill" if pending.backfill else "time"
-        )
+        await self.advance(partition, event.occurred_ms, "backfill" if pending.backfill else "time")
         await self.apply(event, cause, partition)
 
     async def handle_tick(self, partition: int, value: bytes | None, backfill: bool) -> bool:
@@ -500,11 +511,6 @@ class SegmentProcessor:
             await self.publish(key, result, partition, cause)
             if live and result.changes:
                 rt.metrics.time_transition_lag.observe(max(0.0, (rt.now_ms() - due_ms) / 1000))
-        # The clock is persisted now and then, not per record: a stale clock after a restart is
-        # re-advanced by the records replayed from the committed offsets.
-        if at_ms - rt.clock_persisted.get(partition, NO_TIME) >= HOUR_MS or live:
-            self.writes.put(partition, CLOCK_KEY % partition, str(at_ms).encode())
-            rt.clock_persisted[partition] = at_ms
 
     def load_state(self, customer_id: str) -> CustomerState | None:
         raw = self.writes.get(customer_id.encode())
@@ -577,9 +583,7 @@ class SegmentProcessor:
         for campaign, reason in result.skipped:
             m.campaign_triggers_suppressed.labels(campaign=campaign, reason=reason).inc()
         for warning in result.warnings:
-            await self.send(
-                partition, names.CHURN_WARNINGS, key=key, value=orjson.dumps(warning)
-            )
+            await self.send(partition, names.CHURN_WARNINGS, key=key, value=orjson.dumps(warning))
             m.churn_warnings.labels(severity=warning["severity"]).inc()
         self.writes.put(partition, key, result.state.to_bytes())
         if result.state.next_due_ms is not None:

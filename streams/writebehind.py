@@ -31,7 +31,10 @@ class WriteBehind:
         self.max_records = max_records
         self.max_seconds = max_seconds
         self._dirty: dict[bytes, bytes | None] = {}  # None: delete
-        self._keys: dict[int, set[bytes]] = {}
+        # Per partition, the keys to write in the order of their last `put`: a crash part-way
+        # through a flush leaves a prefix of it in the changelog, so what is put last (the
+        # partition clock) is only there if everything before it is (see `flush`).
+        self._keys: dict[int, dict[bytes, None]] = {}
         self._sends: dict[int, list[Any]] = {}
         self._records: dict[int, list[Any]] = {}
         self._since: dict[int, float] = {}
@@ -46,7 +49,9 @@ class WriteBehind:
     def put(self, partition: int, key: bytes, value: bytes | None) -> None:
         """Write (None: delete) `key`, which belongs to `partition`'s table partition."""
         self._dirty[key] = value
-        self._keys.setdefault(partition, set()).add(key)
+        keys = self._keys.setdefault(partition, {})
+        keys.pop(key, None)
+        keys[key] = None
 
     def sent(self, partition: int, delivery: Any) -> None:
         """An output's delivery (what the producer's send returned) the batch waits for."""
@@ -77,7 +82,12 @@ class WriteBehind:
 
     async def flush(self, partition: int) -> list[Any]:
         """Wait for the batch's outputs, write its states; return its input records, now safe
-        to acknowledge. Must run while a record of `partition` is processed (table writes)."""
+        to acknowledge. Must run while a record of `partition` is processed (table writes).
+
+        The states are written in the order of their last `put`. The changelog keeps them in
+        that order, and a worker killed part-way through keeps a prefix: a key put just before
+        the flush (the agent's partition clock) is in the changelog only if every state of the
+        batch is."""
         sends = self._sends.pop(partition, [])
         if sends:
             results = await asyncio.gather(*sends, return_exceptions=True)

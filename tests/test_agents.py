@@ -605,9 +605,7 @@ async def test_a_record_at_or_below_the_folded_offsets_is_a_redelivery(
     await segment.deliver(PURCHASES, second, key=key, offset=1)
     assert len(segment.sent(names.PROFILES)) == profiles
     assert CustomerState.from_bytes(rt.customers[key]).frequency() == 2
-    assert (
-        metric(rt, "tierstream_events_ignored_total", topic=PURCHASES, reason="redelivered") == 2
-    )
+    assert metric(rt, "tierstream_events_ignored_total", topic=PURCHASES, reason="redelivered") == 2
 
 
 async def test_one_profile_per_customer_per_write_batch(tmp_path: Path) -> None:
@@ -1003,3 +1001,128 @@ async def test_redis_tls_setting_gives_a_tls_client(tmp_path: Path) -> None:
         assert connection_class is aioredis.SSLConnection
     finally:
         await rt.redis.aclose()
+
+
+# -- segment agent: a kill part-way through a write batch ----------------------------------------
+
+
+class RecordingTable:
+    """The customers table, logging every write in order: what a crash leaves of the changelog
+    is a prefix of this log (one changelog partition keeps its records in order)."""
+
+    def __init__(self, table: Any, log: list[tuple[str, Any, Any]]) -> None:
+        self.table = table
+        self.log = log
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.table, name)
+
+    def __getitem__(self, key: bytes) -> Any:
+        return self.table[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.table
+
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        self.log.append(("write", key, value))
+        self.table[key] = value
+
+    def __delitem__(self, key: bytes) -> None:
+        self.log.append(("write", key, None))
+        del self.table[key]
+
+
+KILL_CUSTOMERS = 6
+
+
+def kill_history() -> tuple[int, list[tuple[bytes, bytes]]]:
+    """Purchases of customers of one partition over two years, in event-time order, with gaps
+    long enough for time-caused moves (new -> at_risk -> churned) between their orders."""
+    customers: list[str] = []
+    n = 0
+    while len(customers) < KILL_CUSTOMERS:
+        cid = f"k-{n}"
+        n += 1
+        if partition_for(cid.encode(), PARTITIONS) == 0:
+            customers.append(cid)
+    start = parse_rfc3339("2024-01-01T00:00:00Z")
+    events: list[tuple[int, str, str]] = []
+    for i, cid in enumerate(customers):
+        gap = 40 + 37 * i  # days: from regular buyers to ones who come back after churning
+        day = i * 3
+        while day < 720:
+            events.append((start + day * DAY_MS, cid, f"{cid}-{day}"))
+            day += gap + (day % 11)
+    events.sort()
+    records = [
+        (cid.encode(), purchase(cid, eid, eid, str(10 + len(eid)), at)) for at, cid, eid in events
+    ]
+    return start + 800 * DAY_MS, records
+
+
+async def run_history(
+    settings: Settings,
+    records: list[tuple[bytes, bytes]],
+    end_ms: int,
+    stored: list[tuple[str, Any, Any]] | None = None,
+) -> tuple[list[tuple[str, Any, Any]], dict[bytes, Any]]:
+    """Deliver `records` (offsets 0..n-1 of purchases[0]) and a final tick to `end_ms` to a
+    fresh agent whose table starts as `stored` left it; returns the log of its table writes and
+    tier-change sends, and the final states."""
+    log: list[tuple[str, Any, Any]] = []
+    async with segment_harness(settings) as segment:
+        rt = segment.runtime
+        for _, key, value in stored or ():
+            if value is None:
+                rt.customers.data.pop(key, None)
+            else:
+                rt.customers.data[key] = value
+        recording = RecordingTable(rt.customers, log)
+        rt.customers = recording
+        assert rt.processor is not None
+        rt.processor.writes.table = recording
+
+        async def changed(*args: Any, **kwargs: Any) -> None:
+            log.append(("change", orjson.loads(kwargs["value"])["change_id"], None))
+
+        segment.sends[names.TIER_CHANGES].side_effect = changed
+        for offset, (key, value) in enumerate(records):
+            await segment.deliver(PURCHASES, value, key=key, partition=0, offset=offset, wait=False)
+        tick = orjson.dumps({"t": end_ms})
+        last = await segment.deliver(names.TICKS, tick, partition=0, offset=10_000)
+        assert last.acked
+        states = {
+            key: CustomerState.from_bytes(rt.customers.table[key]).to_dict()
+            for key in {k for k, _ in records}
+        }
+    return log, states
+
+
+async def test_a_kill_part_way_through_a_write_batch_changes_no_output_id(
+    tmp_path: Path,
+) -> None:
+    """A worker killed while it writes a batch leaves a prefix of the batch's writes in the
+    changelog. Restarted from any such prefix and fed its input again, it must end with the
+    states of an uninterrupted run and publish only changes that run published, with the same
+    ids. (The crash-restart e2e test found the partition clock written before some states of its
+    batch: the restarted worker folded those customers' events again behind a clock already past
+    them, at the wrong instant, and published their changes under new ids.)"""
+    settings = make_settings(
+        tmp_path, closed_redis_url(), TIERSTREAM_FLUSH_RECORDS="5", TIERSTREAM_FLUSH_MS="60000"
+    )
+    end_ms, records = kill_history()
+    reference_log, reference_states = await run_history(settings, records, end_ms)
+    reference_ids = {cid for kind, cid, _ in reference_log if kind == "change"}
+    assert len(reference_ids) > 3 * KILL_CUSTOMERS  # time-caused moves as well as purchases
+    kill_points = [i for i, (kind, _, _) in enumerate(reference_log) if kind == "write"]
+    assert len(kill_points) > 20
+    for point in kill_points:
+        before = reference_log[:point]
+        stored = [entry for entry in before if entry[0] == "write"]
+        published = {cid for kind, cid, _ in before if kind == "change"}
+        log, states = await run_history(settings, records, end_ms, stored)
+        again = {cid for kind, cid, _ in log if kind == "change"}
+        context = f"killed before write {point} ({reference_log[point][1]!r})"
+        assert again - reference_ids == set(), context
+        assert published | again == reference_ids, context
+        assert states == reference_states, context

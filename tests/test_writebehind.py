@@ -62,6 +62,26 @@ async def test_deletes_reach_the_table_and_one_write_per_key_per_batch() -> None
     assert Counting.writes == 1
 
 
+@pytest.mark.parametrize("keys", [[b"b", b"a", b"clock"], [b"clock", b"z", b"a", b"m"]])
+async def test_a_flush_writes_in_the_order_of_the_last_put(keys: list[bytes]) -> None:
+    """A kill part-way through a flush leaves a prefix of its writes in the changelog, so the
+    order is part of the contract: what is put last (the agent's partition clock) is written
+    last, even if it was put earlier in the batch too."""
+    order: list[bytes] = []
+
+    class Recording(dict[bytes, bytes]):
+        def __setitem__(self, key: bytes, value: bytes) -> None:
+            order.append(key)
+            super().__setitem__(key, value)
+
+    writes = WriteBehind(Recording(), max_records=10, max_seconds=60)
+    for key in keys:
+        writes.put(0, key, b"1")
+    writes.put(0, b"clock", b"2")
+    await writes.flush(0)
+    assert order == [k for k in keys if k != b"clock"] + [b"clock"]
+
+
 async def test_a_failed_delivery_is_counted_and_does_not_stall_the_partition() -> None:
     table, writes = buffer()
     loop = asyncio.get_running_loop()
