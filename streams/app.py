@@ -165,12 +165,15 @@ def campaign_policy(rules: Rules, settings: Settings) -> CampaignPolicy:
 def create_app(settings: Settings, *, rules: Rules | None = None) -> tuple[faust.App, Runtime]:
     from agents.readmodel import register_readmodel_agent
     from agents.segment import register_segment_agent
+    from streams.kafka_fixes import install as install_kafka_fixes
     from streams.lag import register_lag_monitor
     from streams.models import register_cutpoint_refresh, register_model_refits
     from streams.recovery_check import install as install_recovery_check
     from streams.shadow_view import register_shadow_view
     from streams.web import register_views
 
+    # A committed offset of 0 must rewind like any other (aiokafka#1003): streams/kafka_fixes.py.
+    install_kafka_fixes()
     app = faust.App(settings.app_id, **faust_settings(settings))
     inputs = app.topic(*INPUT_TOPICS, names.TICKS, **RAW, partitions=settings.partitions)
     customers = app.Table(
