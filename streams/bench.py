@@ -1,4 +1,5 @@
-"""`tierstream bench`: the pipeline against three baselines, on one broker and one workload.
+"""`tierstream bench`: the pipeline against three baselines and a prototype, on one broker and one
+workload.
 
 One run: one broker (the embedded stack unless `TIERSTREAM_BROKER` is set), one seeded workload
 over the four event topics, published once before anything is measured, so every consumer measures
@@ -7,7 +8,9 @@ consumption and reads the same records from the beginning with a consumer group 
 Measured, in this order:
 1. baselines, each in a child process (own RSS and CPU): raw aiokafka `getmany()` + orjson + dict
    update (the Python ceiling); a Faust agent doing only that (Faust's per-event floor); a naive
-   Faust agent with one table write per event (`streams.bench_baselines`);
+   Faust agent with one table write per event; and the micro-batched prototype (a Faust agent
+   taking records in batches through the pure core, one state record per customer per batch),
+   whose rate is the ceiling of that shape (`streams.bench_baselines`);
 2. the pipeline: one real `tierstream worker` (a child process); events/s from its own metrics
    (`tierstream_events_consumed_total` over time, ending when it has consumed every record and its
    Redis backlog is 0);
@@ -801,7 +804,7 @@ def run(
     own_workdir = workdir is None
     workdir = workdir or Path(tempfile.mkdtemp(prefix="tierstream-bench-"))
     run_tag = f"{int(time.time()):x}"
-    phases = 9 + (1 if workers > 1 else 0)
+    phases = 10 + (1 if workers > 1 else 0)
     step = iter(range(1, phases + 1))
     started_at = datetime.now(UTC)
     doc: dict[str, Any] = {
@@ -870,6 +873,7 @@ def run(
             ("raw_aiokafka", "raw aiokafka getmany() + orjson + dict"),
             ("empty_faust", "Faust agent, parse + count only"),
             ("naive_faust", "naive Faust agent, one table write per event"),
+            ("batched_core", "prototype: micro-batched Faust agent + the pure core"),
         ):
             progress(f"[{next(step)}/{phases}] baseline: {what}")
             contention = Contention()
@@ -1008,6 +1012,17 @@ def run(
         "naive_over_empty_faust": _ratio(
             b["naive_faust"]["events_per_s"], b["empty_faust"]["events_per_s"]
         ),
+        # The micro-batched prototype (streams/bench_baselines.py): the ceiling of that shape.
+        "batched_core_over_naive": _ratio(
+            b["batched_core"]["events_per_s"], b["naive_faust"]["events_per_s"]
+        ),
+        "batched_core_over_empty_faust": _ratio(
+            b["batched_core"]["events_per_s"], b["empty_faust"]["events_per_s"]
+        ),
+        "batched_core_over_raw_aiokafka": _ratio(
+            b["batched_core"]["events_per_s"], b["raw_aiokafka"]["events_per_s"]
+        ),
+        "pipeline_over_batched_core": _ratio(p, b["batched_core"]["events_per_s"]),
     }
     if "scaling" in doc:
         doc["ratios"]["two_workers_over_one"] = doc["scaling"]["ratio_over_one"]
@@ -1073,6 +1088,11 @@ def render_table(doc: Mapping[str, Any]) -> str:
         ),
         ("Faust agent, parse + count only", b["empty_faust"], "pipeline_over_empty_faust"),
         ("naive Faust agent, 1 table write/event", b["naive_faust"], "pipeline_over_naive"),
+        (
+            "prototype: micro-batched Faust + core",
+            b["batched_core"],
+            "pipeline_over_batched_core",
+        ),
     ]
     for name, res, ratio in rows:
         lines.append(
@@ -1138,6 +1158,18 @@ def render_table(doc: Mapping[str, Any]) -> str:
             f"{r['pipeline_over_raw_aiokafka']:.3%}",
             f"≥ {t['pipeline_over_raw_aiokafka']:.0%} (goal)",
             r["pipeline_over_raw_aiokafka"] >= t["pipeline_over_raw_aiokafka"],
+        ),
+        row(
+            "prototype (micro-batched) / raw aiokafka",
+            f"{r['batched_core_over_raw_aiokafka']:.3%}",
+            f"≥ {t['pipeline_over_raw_aiokafka']:.0%} (goal)",
+            r["batched_core_over_raw_aiokafka"] >= t["pipeline_over_raw_aiokafka"],
+        ),
+        row(
+            "prototype / naive Faust",
+            f"{r['batched_core_over_naive']:.2f}×",
+            "",
+            None,
         ),
         row(
             f"latency p50 / p99 at {lat['offered_events_per_s']:,.0f}/s offered",

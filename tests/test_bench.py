@@ -25,6 +25,8 @@ REQUIRED = (
     "baselines.raw_aiokafka.events_per_s",
     "baselines.empty_faust.events_per_s",
     "baselines.naive_faust.events_per_s",
+    "baselines.batched_core.events_per_s",
+    "ratios.batched_core_over_raw_aiokafka",
     "ratios.pipeline_over_naive",
     "ratios.pipeline_over_empty_faust",
     "ratios.pipeline_over_raw_aiokafka",
@@ -113,6 +115,7 @@ def test_bench_end_to_end_tiny(
     assert doc["date"] and doc["machine"]["cpu_model"]
     # The table is what a person reads: the figures and the ratios are in it.
     assert "raw aiokafka" in printed.out and "pipeline / naive Faust" in printed.out
+    assert "prototype: micro-batched" in printed.out
     assert render_table(doc) in printed.out
     for phase in ("baseline", "pipeline", "latency", "state bytes", "scaling", "peak RSS"):
         assert phase in printed.err
