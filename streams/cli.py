@@ -238,7 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--partitions", type=int, default=4)
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("bench", help="benchmark the pipeline against three baselines")
+    p = sub.add_parser(
+        "bench", help="benchmark the pipeline against three baselines and a batched prototype"
+    )
     p.add_argument("--customers", type=int, default=100_000)
     p.add_argument("--events", type=int, default=1_000_000)
     p.add_argument("--out", default=None, help="write the results as JSON to this file")

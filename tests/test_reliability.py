@@ -453,17 +453,6 @@ def publish_in_background(
     return thread
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "intermittent since 2026-12-06 (failed in 4 of 9 runs here that day, with the code "
-        "landed before that session too, more often under load): after the restart, one or two "
-        "customers get an event-caused change (potential/new -> active) again under a change_id "
-        "the uninterrupted run does not have, so the restarted state differed from the reference "
-        "when that event was folded again. Profiles were not the failing part. Open bug: see "
-        "the README's Known limits."
-    ),
-)
 @pytest.mark.parametrize("data_dir", ["same", "empty"])
 def test_a_worker_killed_mid_replay_ends_as_an_uninterrupted_run(
     tmp_path: Path, crash_events: list[TopicEvent], reference: Outcome, data_dir: str
@@ -628,18 +617,6 @@ def test_the_whole_input_published_twice_changes_nothing(
     assert ignored_now == total, context
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "intermittent (about 1 run in 6 here): after the group is committed back to offset 0, "
-        "Faust hands the restarted worker a partition's records from past 0 (logs showed "
-        "purchases[3] starting at 295, email-opens[1] at 182) and the records before are never "
-        "consumed again. Seeking back from the agent was tried: the seek races with Faust's "
-        "fetch loop, which drops records below the last offset it handed over, so it did not "
-        "close the hole and could drop more. The state stays right (every record was folded "
-        "before); the worker does not prove it by consuming them all again."
-    ),
-)
 def test_a_consumer_group_reset_to_the_start_changes_nothing(
     tmp_path: Path, redelivery_events: list[TopicEvent]
 ) -> None:
