@@ -39,6 +39,7 @@ KNOWN_VARIABLES: Final = frozenset(
         "TIERSTREAM_DATA_DIR",
         "TIERSTREAM_APP_ID",
         "TIERSTREAM_STORE",
+        "TIERSTREAM_EVENT_LOOP",
         "TIERSTREAM_BASE_CURRENCY",
         "TIERSTREAM_MAX_FUTURE_SECONDS",
         "TIERSTREAM_LIVE_CLOCK",
@@ -149,6 +150,8 @@ class Settings:
     log_level: str
     fast_group_join: bool
     lag_interval_seconds: float = DEFAULT_LAG_INTERVAL_SECONDS
+    #: The worker's event loop: "uvloop" (faust-streaming[uvloop]) or the standard "asyncio".
+    event_loop: str = "asyncio"
     #: Things worth a log line at start that do not stop it (names only, never values).
     warnings: tuple[str, ...] = ()
 
@@ -540,6 +543,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         data_dir=_data_dir(env),
         app_id=app_id,
         store=_choice(env, "TIERSTREAM_STORE", "memory", ("memory", "rocksdb"), case="lower"),
+        event_loop=_choice(
+            env, "TIERSTREAM_EVENT_LOOP", "asyncio", ("uvloop", "asyncio"), case="lower"
+        ),
         base_currency=currency,
         max_future_seconds=_int(env, "TIERSTREAM_MAX_FUTURE_SECONDS", 86_400, 0, 365 * 86_400),
         live_clock=_bool(env, "TIERSTREAM_LIVE_CLOCK", True),

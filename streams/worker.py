@@ -12,6 +12,17 @@ from streams.settings import ConfigError, Settings, bootstrap_servers, load_sett
 from streams.topics import ALL_TOPICS
 
 
+def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
+    """The worker's loop. With uvloop the policy is set too, so that the loop Faust's consumer
+    thread makes for itself is a uvloop loop as well."""
+    if kind == "uvloop":
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
 def run_worker(settings: Settings | None = None) -> int:
     try:
         settings = settings or load_settings()
@@ -43,16 +54,25 @@ def run_worker(settings: Settings | None = None) -> int:
     # Every input topic must exist with the same partition count before Faust subscribes
     # (tables are co-partitioned with their stream; some brokers auto-create with a default).
     asyncio.run(create_topics(bootstrap_servers(settings.broker), ALL_TOPICS, settings.partitions))
-    asyncio.set_event_loop(asyncio.new_event_loop())
+    try:
+        asyncio.set_event_loop(new_event_loop(settings.event_loop))
+    except ImportError as exc:
+        print(
+            f"tierstream worker: TIERSTREAM_EVENT_LOOP=uvloop but {exc}; install with: "
+            "pip install uvloop (or set TIERSTREAM_EVENT_LOOP=asyncio)",
+            file=sys.stderr,
+        )
+        return 2
     app, _runtime = create_app(settings, rules=rules)
     logging.getLogger("tierstream").info(
-        "worker starting: broker=%s redis=%s partitions=%d rules=%s web=%s:%d",
+        "worker starting: broker=%s redis=%s partitions=%d rules=%s web=%s:%d loop=%s",
         settings.broker,
         settings.redis_display,
         settings.partitions,
         rules.version,
         settings.web_host,
         settings.web_port,
+        settings.event_loop,
     )
     from faust.worker import Worker
 

@@ -121,6 +121,7 @@ def test_values_are_normalised(tmp_path: Path) -> None:
             TIERSTREAM_KAFKA_SASL_PASSWORD=SASL_PASSWORD,
             TIERSTREAM_LOG_LEVEL="WARNING",
             TIERSTREAM_STORE="RocksDB",
+            TIERSTREAM_EVENT_LOOP=" UVLoop ",
             TIERSTREAM_LIVE_CLOCK=" Off ",
             TIERSTREAM_WEB_PORT=" 8080 ",
         )
@@ -128,6 +129,7 @@ def test_values_are_normalised(tmp_path: Path) -> None:
     assert s.broker == "kafka://a:9092;kafka://b:9093"
     assert s.kafka_security_protocol == "SASL_SSL" and s.kafka_sasl_mechanism == "SCRAM-SHA-512"
     assert (s.log_level, s.store, s.live_clock, s.web_port) == ("warning", "rocksdb", False, 8080)
+    assert s.event_loop == "uvloop"
 
 
 # -- every variable validated with a message that names it ---------------------------------------
@@ -170,6 +172,7 @@ BAD_VALUES: list[tuple[str, str]] = [
     ("TIERSTREAM_BASE_CURRENCY", "dollars"),
     ("TIERSTREAM_APP_ID", "my app"),
     ("TIERSTREAM_STORE", "postgres"),
+    ("TIERSTREAM_EVENT_LOOP", "trio"),
     ("TIERSTREAM_LOG_LEVEL", "verbose"),
     ("TIERSTREAM_KAFKA_SECURITY_PROTOCOL", "TLS"),
     ("TIERSTREAM_KAFKA_SASL_MECHANISM", "GSSAPI"),
