@@ -48,6 +48,7 @@ KINDS: Final = ("raw_aiokafka", "empty_faust", "naive_faust", "batched_core")
 BATCH_EVENTS: Final = 2000
 BATCH_WITHIN_S: Final = 0.05
 BATCHED_OUTPUTS: Final = ("bench-batched-changes", "bench-batched-profiles")
+BATCHED_SENDS_ENV: Final = "TIERSTREAM_BENCH_BATCHED_SENDS"
 
 
 def proc_status_bytes(pid: int | str, field: str) -> int | None:
@@ -234,7 +235,17 @@ def _register_batched_core(app: Any, topic: Any, partitions: int, meter: Meter) 
         schema=faust.Schema(**RAW),
         partitions=partitions,
     )
+    changes_name, profiles_name = BATCHED_OUTPUTS
     changes, profiles = (app.topic(name, **RAW, partitions=partitions) for name in BATCHED_OUTPUTS)
+    # "topic": Faust's Topic.send, as the pipeline sends; "producer": the app's producer
+    # directly (no Faust message objects, callbacks or codecs), to see what that path costs.
+    direct = os.environ.get(BATCHED_SENDS_ENV, "topic") == "producer"
+
+    async def send(topic: Any, name: str, key: bytes, value: bytes, partition: int) -> None:
+        if direct:
+            await app.producer.send(name, key, value, partition, None, None)
+        else:
+            await topic.send(key=key, value=value, partition=partition)
 
     async def batched(stream: faust.StreamT) -> None:
         # take_events is on faust.Stream, missing from the StreamT protocol.
@@ -265,7 +276,7 @@ def _register_batched_core(app: Any, topic: Any, partitions: int, meter: Meter) 
                 result = apply_event(held[1], parsed, rules, DEFAULT_PARAMS, policy=policy)
                 states[key] = (partition, result.state)
                 for change in result.changes:
-                    await changes.send(key=key, value=orjson.dumps(change), partition=partition)
+                    await send(changes, changes_name, key, orjson.dumps(change), partition)
                 if result.profile is not None:
                     latest[key] = (partition, result.profile)
             for key, (partition, state) in states.items():
@@ -274,7 +285,7 @@ def _register_batched_core(app: Any, topic: Any, partitions: int, meter: Meter) 
                     table.data[key] = value
                     table.send_changelog(partition, key, value)
             for key, (partition, profile) in latest.items():
-                await profiles.send(key=key, value=orjson.dumps(profile), partition=partition)
+                await send(profiles, profiles_name, key, orjson.dumps(profile), partition)
             meter.tick(len(events))
 
     app.agent(topic, name="bench.batched")(batched)

@@ -235,3 +235,55 @@ async def test_fill_missing_writes_only_customers_redis_does_not_hold(
     assert await members(client, readmodel.stage_key("churned")) == {"c"}
     assert await readmodel.fill_missing(client, snapshot) == 0
     assert await readmodel.fill_missing(client, {}) == 0
+
+
+# -- the batch writer ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(5))
+async def test_batches_leave_each_customer_in_exactly_its_latest_tier_and_stage(
+    client: aioredis.Redis, seed: int
+) -> None:
+    """Random batches of moves and erasures, with custom tier names: after each, Redis holds
+    every customer's latest profile and each customer in exactly its tier's and stage's set (the
+    model of what the one-script batch writer must leave, as the per-command writer did)."""
+    rng = random.Random(seed)
+    tiers = ("gold", "silver", "bronze")
+    stages = ("new", "active", "at_risk", "churned")
+    expected: dict[str, dict[str, Any]] = {}
+    customers = [f"c{n}" for n in range(30)] + ["名字-1", "with space"]
+    for _ in range(8):
+        batch: dict[str, dict[str, Any] | None] = {}
+        for cid in rng.sample(customers, 12):
+            if cid in expected and rng.random() < 0.2:
+                batch[cid] = None
+            else:
+                batch[cid] = profile(cid, rng.choice(tiers), rng.choice(stages))
+        await readmodel.write_batch(client, batch, tiers, stages)
+        for cid, doc in batch.items():
+            if doc is None:
+                expected.pop(cid, None)
+            else:
+                expected[cid] = doc
+        for cid in customers:
+            stored = await readmodel.read_profile(client, cid)
+            assert stored == expected.get(cid), cid
+        for tier in tiers:
+            want = {c for c, d in expected.items() if d["tier"] == tier}
+            assert await members(client, readmodel.tier_key(tier)) == want, tier
+        for stage in stages:
+            want = {c for c, d in expected.items() if d["stage"] == stage}
+            assert await members(client, readmodel.stage_key(stage)) == want, stage
+
+
+async def test_the_batch_writer_survives_redis_forgetting_its_scripts(
+    client: aioredis.Redis,
+) -> None:
+    """A Redis restart empties its script cache: the next batch loads the script again."""
+    await readmodel.write_batch(client, {"a": profile("a", "vip", "active")})
+    await client.script_flush()
+    await readmodel.write_batch(client, {"a": profile("a", "ordinary", "at_risk")})
+    assert await readmodel.read_profile(client, "a") == profile("a", "ordinary", "at_risk")
+    assert await members(client, readmodel.tier_key("vip")) == set()
+    assert await members(client, readmodel.stage_key("at_risk")) == {"a"}
+    await readmodel.write_batch(client, {})  # nothing to write: no call
