@@ -4,11 +4,12 @@ aiokafka 0.14's `AIOKafkaConsumer.seek_to_committed` seeks only `if offset and o
 (aio-libs/aiokafka#1003, open): a committed offset of 0 leaves the fetch position where it was.
 Faust's recovery calls it (`Consumer.perform_seek`) every time it resumes the streams after a
 rebalance, to move every assigned partition back to its committed offset. When a partition's
-committed offset is 0 and the consumer had already fetched past it in this assignment, Faust
-resumes from the fetch position, and the records between 0 and it are never handed to the agent.
-That is what a consumer group committed back to the start (`kafka-consumer-groups
---reset-offsets --to-earliest`, or a commit of 0) followed by a rebalance looks like: the
-restarted worker got `purchases[3]` from offset 295 in tests/test_reliability.py.
+committed offset is 0 and the consumer's position is already past it, Faust resumes from that
+position, and the records between 0 and it are never handed to the agent
+(tests/test_kafka_fixes.py shows it against the embedded broker). A consumer group committed
+back to the start (`kafka-consumer-groups --reset-offsets --to-earliest`) is the case that
+matters: in tests/test_reliability.py a restarted worker was handed `purchases[3]` from offset
+295 in about 1 run in 6; with this fix, 18 runs of 18 consumed everything again.
 
 Offset 0 is an ordinary committed offset on Kafka, so this seeks to it like to any other. The
 patch wraps the method once per process; `install()` is idempotent.
