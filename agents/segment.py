@@ -189,6 +189,19 @@ class SegmentProcessor:
         self.to_ack = [e for e in self.to_ack if e.message.partition not in gone]
         self.rt.metrics.events_held.set(self.held())
 
+    def revoked(self, partitions: Iterable[int]) -> None:
+        """Another worker may own these partitions now: forget what is held and batched here
+        (it is redelivered), and their due index and clock, rebuilt from the table when they
+        come back. A clock kept in memory would be past the records of the discarded batch, and
+        folding them again behind it evaluates them at the wrong instant (other change ids)."""
+        gone = set(partitions)
+        rt = self.rt
+        rt.due.drop(gone)
+        for partition in gone:
+            rt.clocks.pop(partition, None)
+            rt.clock_persisted.pop(partition, None)
+        self.forget(gone)
+
     def held(self) -> int:
         return sum(len(order) for order in self.orders.values())
 
@@ -637,10 +650,7 @@ def register_segment_agent(runtime: Runtime) -> faust.types.AgentT:
                 await manual.ack(done)
 
     async def on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
-        # Another worker may own these partitions now; rebuild from the table when they return.
-        partitions = {tp.partition for tp in revoked}
-        runtime.due.drop(partitions)
-        processor.forget(partitions)
+        processor.revoked({tp.partition for tp in revoked})
 
     runtime.app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
 
