@@ -142,8 +142,8 @@ def change_message(
     """The tier-changes message. Its id uses `event_ms` (the triggering event's own time) when the
     change comes from an event: the evaluation time `ev.as_of_ms` is the later of that and the
     partition clock, and the clock after a crash and restart is not the clock before it (it is
-    persisted now and then and re-advanced by whatever records are redelivered), so an id built
-    on it would give the same transition caused by the same event a new id."""
+    persisted with each write batch and re-advanced by whatever records are redelivered), so an
+    id built on it would give the same transition caused by the same event a new id."""
     f = ev.features
     return {
         "change_id": change_id(
