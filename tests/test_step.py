@@ -253,7 +253,8 @@ def test_a_state_with_every_field_set_round_trips() -> None:
     state.customer_id = "客户-1"
     state.email_score = 1.0000000000000002
     state.wechat_score = 0.1 + 0.2
-    state.seen.extend([2**63 - 1, 0])
+    state.remember(2**63 - 1)
+    state.remember(0)
     state.tier, state.stage, state.rules_version = "vip", "reactivated", "v7"
     state.scores = (5, 4, 3)
     state.extra = {"churn_episode": 3, "nested": {"a": [1, 2.5, None]}}
