@@ -166,6 +166,7 @@ def create_app(settings: Settings, *, rules: Rules | None = None) -> tuple[faust
     from agents.readmodel import register_readmodel_agent
     from agents.segment import register_segment_agent
     from streams.kafka_fixes import install as install_kafka_fixes
+    from streams.kafka_fixes import set_fetch_max_wait
     from streams.lag import register_lag_monitor
     from streams.models import register_cutpoint_refresh, register_model_refits
     from streams.recovery_check import install as install_recovery_check
@@ -174,6 +175,8 @@ def create_app(settings: Settings, *, rules: Rules | None = None) -> tuple[faust
 
     # A committed offset of 0 must rewind like any other (aiokafka#1003): streams/kafka_fixes.py.
     install_kafka_fixes()
+    # Faust hard-codes a 1.5 s fetch wait, which the embedded broker holds in full.
+    set_fetch_max_wait(settings.fetch_max_wait_ms)
     app = faust.App(settings.app_id, **faust_settings(settings))
     inputs = app.topic(*INPUT_TOPICS, names.TICKS, **RAW, partitions=settings.partitions)
     customers = app.Table(

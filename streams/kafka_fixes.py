@@ -1,4 +1,5 @@
-"""A fix for aiokafka's `seek_to_committed`, which Faust calls after every rebalance.
+"""A fix for aiokafka's `seek_to_committed`, which Faust calls after every rebalance, and the
+fetch wait Faust hard-codes (see `set_fetch_max_wait`).
 
 aiokafka 0.14's `AIOKafkaConsumer.seek_to_committed` seeks only `if offset and offset > 0`
 (aio-libs/aiokafka#1003, open): a committed offset of 0 leaves the fetch position where it was.
@@ -53,3 +54,35 @@ def install() -> None:
         return
     AIOKafkaConsumer.seek_to_committed = seek_to_committed_with_zero(current)
     log.debug("aiokafka seek_to_committed patched to seek to a committed offset of 0")
+
+
+_FETCH_WAIT = "_tierstream_fetch_max_wait_ms"
+
+
+def set_fetch_max_wait(ms: int) -> None:
+    """Faust builds its worker consumer with `fetch_max_wait_ms=1500` and no setting for it.
+
+    Apache Kafka answers a fetch as soon as one byte is there (`fetch.min.bytes=1`), so the wait
+    only bounds an idle fetch. The embedded broker does not: a fetch over many partitions is
+    held for about 500 ms even when a record arrives on one of them (40 partitions, a record
+    every 370 ms: 483 ms median from produce to consume with a 1,500 ms wait, 13 ms with 100 ms;
+    one partition: 2 ms either way). A worker consumes ~45 partitions, so live records waited
+    there for half a second before the agent saw them. TIERSTREAM_FETCH_MAX_WAIT_MS (100 ms by
+    default) replaces Faust's value; on Kafka it costs an idle fetch request per wait."""
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    current: Any = AIOKafkaConsumerThread._create_worker_consumer
+    # Set again (another app in the process): wrap Faust's method, not our earlier wrapper.
+    original = current.__wrapped__ if hasattr(current, _FETCH_WAIT) else current
+
+    @functools.wraps(original)
+    def create_worker_consumer(self: Any, transport: Any) -> AIOKafkaConsumer:
+        consumer: AIOKafkaConsumer = original(self, transport)
+        # Read by `AIOKafkaConsumer.start()` when it builds its fetcher.
+        consumer._fetch_max_wait_ms = ms
+        return consumer
+
+    setattr(create_worker_consumer, _FETCH_WAIT, ms)
+    thread_class: Any = AIOKafkaConsumerThread  # a method replaced on the class, on purpose
+    thread_class._create_worker_consumer = create_worker_consumer
+    log.debug("Faust's worker consumer fetches with fetch_max_wait_ms=%d", ms)

@@ -64,6 +64,7 @@ KNOWN_VARIABLES: Final = frozenset(
         "TIERSTREAM_LOG_LEVEL",
         "TIERSTREAM_FAST_GROUP_JOIN",
         "TIERSTREAM_LAG_INTERVAL_SECONDS",
+        "TIERSTREAM_FETCH_MAX_WAIT_MS",
         "TIERSTREAM_URL",
     }
 )
@@ -150,6 +151,8 @@ class Settings:
     log_level: str
     fast_group_join: bool
     lag_interval_seconds: float = DEFAULT_LAG_INTERVAL_SECONDS
+    #: The longest a fetch waits for records (streams/kafka_fixes.py: Faust hard-codes 1,500).
+    fetch_max_wait_ms: int = 100
     #: The worker's event loop: "uvloop" (faust-streaming[uvloop]) or the standard "asyncio".
     event_loop: str = "asyncio"
     #: Things worth a log line at start that do not stop it (names only, never values).
@@ -582,6 +585,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         lag_interval_seconds=_float(
             env, "TIERSTREAM_LAG_INTERVAL_SECONDS", DEFAULT_LAG_INTERVAL_SECONDS, 0.1, 3600
         ),
+        fetch_max_wait_ms=_int(env, "TIERSTREAM_FETCH_MAX_WAIT_MS", 100, 1, 30_000),
         warnings=tuple(warnings),
     )
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -87,3 +88,33 @@ def test_the_unpatched_aiokafka_stays_past_the_commit(stack: EmbeddedStack) -> N
     if first == 0:
         pytest.skip("this aiokafka seeks to a committed 0 itself: streams/kafka_fixes.py can go")
     assert first == RECORDS
+
+
+
+def test_the_worker_consumer_fetches_with_the_configured_wait() -> None:
+    """Faust builds its worker consumer with fetch_max_wait_ms=1500 (no setting); the wrapper
+    replaces it, and setting it again wraps Faust's method, not the earlier wrapper."""
+    from types import SimpleNamespace
+
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    thread_class: Any = AIOKafkaConsumerThread
+    original = thread_class._create_worker_consumer
+    built: list[SimpleNamespace] = []
+
+    def faust_builds(self: object, transport: object) -> SimpleNamespace:
+        consumer = SimpleNamespace(_fetch_max_wait_ms=1500)  # what start() reads
+        built.append(consumer)
+        return consumer
+
+    try:
+        thread_class._create_worker_consumer = faust_builds
+        kafka_fixes.set_fetch_max_wait(100)
+        kafka_fixes.set_fetch_max_wait(250)
+        wrapper = thread_class._create_worker_consumer
+        assert wrapper.__wrapped__ is faust_builds
+        consumer = wrapper(object(), object())
+        assert consumer._fetch_max_wait_ms == 250
+        assert built == [consumer]
+    finally:
+        thread_class._create_worker_consumer = original
