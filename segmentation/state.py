@@ -24,8 +24,8 @@ import orjson
 # In memory they stay 8 packed bytes each too, oldest first (`CustomerState.seen`), searched in
 # place: the state is decoded for every event, and a list of ints with a set over it cost a
 # Python object per digest each time, so a customer's every event got slower as their history
-# grew (a soak's maximum fell ~25% in ten minutes as its customers reached ~300 events) and the
-# allocator churned through ever larger short-lived sets.
+# grew (decode, fold and encode of one event: 117 -> 91 us with 300 digests remembered,
+# 510 -> 245 us with 3,000).
 SEEN_LIMIT: Final = 16_384
 DIGEST_BYTES: Final = 8
 NO_TIME: Final = -1

@@ -90,7 +90,6 @@ def test_the_unpatched_aiokafka_stays_past_the_commit(stack: EmbeddedStack) -> N
     assert first == RECORDS
 
 
-
 def test_the_worker_consumer_fetches_with_the_configured_wait() -> None:
     """Faust builds its worker consumer with fetch_max_wait_ms=1500 (no setting); the wrapper
     replaces it, and setting it again wraps Faust's method, not the earlier wrapper."""
