@@ -22,6 +22,7 @@ from faust.types import TP
 from segmentation.dueindex import due_states
 from segmentation.errors import InvalidEvent
 from segmentation.events import INPUT_TOPICS, SUPPRESSIONS, InputEvent, parse_event
+from segmentation.jsonbytes import dumps
 from segmentation.quantiles import CutPoints
 from segmentation.state import NO_TIME, CustomerState
 from segmentation.step import StepResult, apply_event, reevaluate
@@ -139,7 +140,7 @@ class SegmentProcessor:
             return
         self.rt.profiles_pending -= len(batch)
         for key, profile in batch.items():
-            value = orjson.dumps(profile) if profile is not None else None
+            value = dumps(profile) if profile is not None else None
             await self.send(partition, names.PROFILES, key=key, value=value)
             self.rt.profiles_sent += 1
 
@@ -428,7 +429,7 @@ class SegmentProcessor:
         if rt.rules.cutpoints is not None:
             # Kept in the table (a timer cannot write it) so a restart resumes with them.
             self.writes.put(
-                partition, CUTPOINTS_KEY % partition, orjson.dumps(rt.rules.cutpoints.to_dict())
+                partition, CUTPOINTS_KEY % partition, dumps(rt.rules.cutpoints.to_dict())
             )
         clock = rt.clocks.get(partition, NO_TIME)
         for customer_id in batch:
@@ -582,21 +583,19 @@ class SegmentProcessor:
         emitted = to_rfc3339(rt.now_ms())
         for change in result.changes:
             change["emitted_at"] = emitted
-            await self.send(partition, names.TIER_CHANGES, key=key, value=orjson.dumps(change))
+            await self.send(partition, names.TIER_CHANGES, key=key, value=dumps(change))
             self._count_transition(change)
             if event_ms is not None and cause == "event":
                 m.processing_latency.observe(max(0.0, time.time() - event_ms / 1000))
         for trigger in result.triggers:
-            await self.send(
-                partition, names.CAMPAIGN_TRIGGERS, key=key, value=orjson.dumps(trigger)
-            )
+            await self.send(partition, names.CAMPAIGN_TRIGGERS, key=key, value=dumps(trigger))
             m.campaign_triggers.labels(
                 campaign=trigger["campaign"], variant=trigger["variant"]
             ).inc()
         for campaign, reason in result.skipped:
             m.campaign_triggers_suppressed.labels(campaign=campaign, reason=reason).inc()
         for warning in result.warnings:
-            await self.send(partition, names.CHURN_WARNINGS, key=key, value=orjson.dumps(warning))
+            await self.send(partition, names.CHURN_WARNINGS, key=key, value=dumps(warning))
             m.churn_warnings.labels(severity=warning["severity"]).inc()
         self.writes.put(partition, key, result.state.to_bytes())
         if result.state.next_due_ms is not None:

@@ -15,6 +15,8 @@ from typing import Any, Final
 
 import orjson
 
+from segmentation.jsonbytes import dumps
+
 # Event-id digests kept per customer for idempotency: a shop that publishes its history again
 # (new offsets, same event ids) must not count anything twice. Kafka's own redelivery (a crash,
 # a consumer group reset) is caught by input offset in the agent; purchases are also idempotent
@@ -190,7 +192,7 @@ class CustomerState:
         return state
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps(self.to_dict())
+        return dumps(self.to_dict())
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> CustomerState:

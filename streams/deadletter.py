@@ -19,6 +19,8 @@ from typing import Any, Final
 
 import orjson
 
+from segmentation.jsonbytes import dumps
+
 # Faust's default `producer_max_request_size`; the app does not change it.
 DEFAULT_MAX_REQUEST_BYTES: Final = 1_000_000
 # What a record costs beyond its key and value (record batch and record headers, varints), with
@@ -104,4 +106,4 @@ def build_dead_letter(
     else:
         doc["payload"] = _b64(data[: max(0, room // 4 * 3)])
         doc["payload_truncated"] = True
-    return DeadLetter(key=send_key, value=orjson.dumps(doc))
+    return DeadLetter(key=send_key, value=dumps(doc))

@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 
 from segmentation.bgnbd import BgNbdParams
 from segmentation.evaluate import evaluate, profile_of
+from segmentation.jsonbytes import dumps
 from segmentation.lifecycle import STAGES
 from segmentation.rules import TIERS, Rules
 from segmentation.state import CustomerState
@@ -116,7 +117,7 @@ def write_batch_args(
         if profile is None:
             args += (customer_id, "", "", "")
         else:
-            args += (customer_id, profile["tier"], profile["stage"], orjson.dumps(profile))
+            args += (customer_id, profile["tier"], profile["stage"], dumps(profile))
     return args
 
 
