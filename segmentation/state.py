@@ -56,9 +56,7 @@ class Order:
     def counted(self) -> bool:
         if self.at_ms == NO_TIME:
             return False
-        if not self.refunds:
-            return True
-        refunded = sum(self.refunds.values())
+        refunded = self.refunded_cents
         return not (refunded > 0 and refunded >= self.cents)
 
 
@@ -126,8 +124,7 @@ class CustomerState:
         for order in self.orders.values():
             if order.at_ms != NO_TIME:
                 total += order.cents
-            if order.refunds:
-                total -= sum(order.refunds.values())
+            total -= order.refunded_cents
         return total
 
     # -- serialisation ---------------------------------------------------------------------
