@@ -106,16 +106,12 @@ class SegmentProcessor:
         self.writes.folded(message.partition, message)
 
     async def flush(self, partition: int, *, force: bool = False) -> None:
-        """Seal the partition's batch if it is due, and write the sealed batches whose outputs
-        are delivered (all of them, waiting, if `force`: a flush record, an explicit clock).
-        Must run in a record of `partition` (table writes)."""
-        if force or self.writes.due(partition):
-            await self.send_profiles(partition)
-            self.put_clock(partition)
-            await self.writes.seal(partition)
-        elif not self.writes.sealed(partition):
+        """Write the partition's batch if it is due (must run in a record of `partition`)."""
+        if not (force or self.writes.due(partition)):
             return
-        for message in await self.writes.complete(partition, wait=force):
+        await self.send_profiles(partition)
+        self.put_clock(partition)
+        for message in await self.writes.flush(partition):
             self.finished(message)
         self.save_applied(partition)
 
