@@ -23,8 +23,8 @@ from segmentation.quantiles import (
     cut_points_from_sketches,
     merge_sketches,
 )
-from segmentation.state import CustomerState
-from segmentation.timeutil import DAY_MS
+from segmentation.state import NO_TIME, CustomerState
+from segmentation.timeutil import DAY_MS, day_of
 from streams.app import Runtime
 from streams.partitioning import partition_for
 
@@ -34,18 +34,29 @@ log = logging.getLogger("tierstream.models")
 
 
 def population_btyd(runtime: Runtime) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(x, t_x, T) in days of every local customer with a purchase, at their own as-of time."""
-    xs, txs, ts = [], [], []
+    """(x, t_x, T) in days of every local customer with a purchase, all observed to the same end:
+    the latest as-of time in the table (event time, so a replay fits what live traffic would).
+
+    A customer's own as-of is their last evaluation, which for one not re-evaluated since their
+    last purchase is that purchase: measured there, T equalled t_x for every such customer, the
+    fit saw nobody drop out (a -> 0, refused as unidentified) and kept the defaults (CDNOW: all
+    23,570 customers had T = t_x)."""
+    xs, txs, firsts = [], [], []
+    end_ms = NO_TIME
     for key, raw in list(runtime.customers.items()):
         if raw is None or key.startswith(b"\x00"):
             continue
         state = CustomerState.from_dict(orjson.loads(raw))
-        stats = btyd_stats(state.purchase_times(), state.as_of_ms)
+        end_ms = max(end_ms, state.as_of_ms)
+        times = state.purchase_times()
+        stats = btyd_stats(times, state.as_of_ms)
         if stats is not None:
             xs.append(stats[0])
             txs.append(stats[1])
-            ts.append(stats[2])
-    return np.array(xs, float), np.array(txs, float), np.array(ts, float)
+            firsts.append(day_of(times[0]))
+    t_x = np.array(txs, float)
+    big_t = np.maximum(day_of(end_ms) - np.array(firsts, float), t_x) if firsts else t_x
+    return np.array(xs, float), t_x, big_t
 
 
 def refit_params(runtime: Runtime, version: str) -> BgNbdParams:

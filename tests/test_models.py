@@ -1,5 +1,6 @@
-"""The scheduled BG/NBD refit reads (x, t_x, T) from the worker's table and fits by maximum
-likelihood, versioned; with too little data it keeps the defaults."""
+"""The scheduled BG/NBD refit reads (x, t_x, T) from the worker's table, every customer observed to
+the latest as-of in it, and fits by maximum likelihood, versioned; with too little data it keeps
+the defaults."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import pytest
 from segmentation.bgnbd import DEFAULT_PARAMS
 from segmentation.events import parse_event
 from segmentation.rules import default_rules
-from segmentation.state import CustomerState
+from segmentation.state import CustomerState, Order
 from segmentation.step import apply_event
+from segmentation.timeutil import DAY_MS
 from streams import datasets
 from streams.models import population_btyd, refit_params
 
@@ -55,9 +57,31 @@ def test_refit_on_the_cdnow_table(cdnow_table: dict[bytes, bytes]) -> None:
         DEFAULT_PARAMS.b,
     )
     assert all(v > 0 for v in (params.r, params.alpha, params.a, params.b))
+    # Every customer is observed to the end of the data (June 1998), so many show a gap.
+    assert (big_t > t_x).mean() > 0.9
+    fitted = f"r={params.r:.3f} alpha={params.alpha:.2f} a={params.a:.3f} b={params.b:.3f}"
+    print(f"CDNOW BG/NBD (days): {fitted}")
 
 
 def test_too_little_data_keeps_the_defaults(cdnow_table: dict[bytes, bytes]) -> None:
     few = dict(list(cdnow_table.items())[:100])
     runtime = SimpleNamespace(customers=few, params=DEFAULT_PARAMS)
     assert refit_params(runtime, "fit-small") == DEFAULT_PARAMS  # type: ignore[arg-type]
+
+
+def test_every_customer_is_observed_to_the_latest_as_of_in_the_table() -> None:
+    """A customer not re-evaluated since their last purchase has that purchase as their own
+    as-of. Measured there, T equals t_x and the fit sees nobody drop out (on CDNOW it refused
+    the result and kept the defaults): T runs to the latest as-of of the table."""
+    day0 = 10_000 * DAY_MS
+    old = CustomerState(customer_id="old")
+    old.orders = {"a": Order(day0, 1000), "b": Order(day0 + 10 * DAY_MS, 1000)}
+    old.as_of_ms = day0 + 10 * DAY_MS
+    recent = CustomerState(customer_id="recent")
+    recent.orders = {"c": Order(day0 + 95 * DAY_MS, 500)}
+    recent.as_of_ms = day0 + 100 * DAY_MS
+    table = {b"old": old.to_bytes(), b"recent": recent.to_bytes(), b"\x00clock:0": b"1"}
+    runtime = SimpleNamespace(customers=table, params=DEFAULT_PARAMS)
+    x, t_x, big_t = population_btyd(runtime)  # type: ignore[arg-type]
+    rows = sorted(zip(x.tolist(), t_x.tolist(), big_t.tolist(), strict=True))
+    assert rows == [(0.0, 0.0, 5.0), (1.0, 10.0, 100.0)]
