@@ -24,7 +24,7 @@ from segmentation.quantiles import (
     merge_sketches,
 )
 from segmentation.state import NO_TIME, CustomerState
-from segmentation.timeutil import DAY_MS, day_of
+from segmentation.timeutil import DAY_MS
 from streams.app import Runtime
 from streams.partitioning import partition_for
 
@@ -41,22 +41,19 @@ def population_btyd(runtime: Runtime) -> tuple[np.ndarray, np.ndarray, np.ndarra
     last purchase is that purchase: measured there, T equalled t_x for every such customer, the
     fit saw nobody drop out (a -> 0, refused as unidentified) and kept the defaults (CDNOW: all
     23,570 customers had T = t_x)."""
-    xs, txs, firsts = [], [], []
+    purchases: list[list[int]] = []
     end_ms = NO_TIME
     for key, raw in list(runtime.customers.items()):
         if raw is None or key.startswith(b"\x00"):
             continue
         state = CustomerState.from_dict(orjson.loads(raw))
         end_ms = max(end_ms, state.as_of_ms)
-        times = state.purchase_times()
-        stats = btyd_stats(times, state.as_of_ms)
-        if stats is not None:
-            xs.append(stats[0])
-            txs.append(stats[1])
-            firsts.append(day_of(times[0]))
-    t_x = np.array(txs, float)
-    big_t = np.maximum(day_of(end_ms) - np.array(firsts, float), t_x) if firsts else t_x
-    return np.array(xs, float), t_x, big_t
+        purchases.append(state.purchase_times())
+    # The end is known only after the whole table: a second pass over what the first kept.
+    stats = [s for times in purchases if (s := btyd_stats(times, end_ms)) is not None]
+    columns = zip(*stats, strict=True) if stats else ((), (), ())
+    x, t_x, big_t = (np.array(column, float) for column in columns)
+    return x, t_x, big_t
 
 
 def refit_params(runtime: Runtime, version: str) -> BgNbdParams:
