@@ -333,6 +333,10 @@ def thirds(values: list[T]) -> tuple[list[T], list[T], list[T]]:
     return values[: n // 3], values[n // 3 : 2 * n // 3], values[2 * n // 3 :]
 
 
+def max_by_third(samples: list[dict[str, float]], key: str) -> list[float]:
+    return [max(s[key] for s in part) for part in thirds(samples)]
+
+
 def rate_by_third(samples: list[dict[str, float]], counter: str) -> list[float]:
     """The growth per second of a cumulative sample over each third of the run."""
     rates = []
@@ -375,13 +379,14 @@ def test_sustained_load_at_80_percent_of_max(tmp_path: Path) -> None:
 
             def sample(elapsed: float, produced: int) -> None:
                 m = worker.metrics()
+                done = processed(m) - base
                 samples.append(
                     {
                         "t": round(elapsed, 2),
                         "rss_bytes": rss_bytes(pid),
                         "produced": produced,
-                        "processed": processed(m) - base,
-                        "lag_events": produced - (processed(m) - base),
+                        "processed": done,
+                        "lag_events": produced - done,
                         "consumer_lag": m.get("tierstream_consumer_lag", 0.0),
                         "held": m.get("tierstream_events_held", 0.0),
                         "redis_backlog": m.get("tierstream_redis_backlog", 0.0),
@@ -426,16 +431,14 @@ def test_sustained_load_at_80_percent_of_max(tmp_path: Path) -> None:
         "rss_growth_last_vs_second_third": statistics.fmean(rss_last) / statistics.fmean(rss_mid)
         - 1,
         "rss_final_bytes": final_rss,
-        "lag_max_events_by_third": [max(x) for x in thirds(lag)],
+        "lag_max_events_by_third": max_by_third(samples, "lag_events"),
         "lag_floor_events": lag_floor,
         "consumer_lag_max": max(s["consumer_lag"] for s in samples),
         "dead_letters": len(dead),
-        "redis_backlog_max_by_third": [max(s["redis_backlog"] for s in x) for x in thirds(samples)],
+        "redis_backlog_max_by_third": max_by_third(samples, "redis_backlog"),
         "worker_cpu_by_third": rate_by_third(samples, "worker_cpu_s"),
         "broker_cpu_by_third": rate_by_third(samples, "broker_cpu_s"),
-        "broker_rss_max_bytes_by_third": [
-            max(s["broker_rss_bytes"] for s in x) for x in thirds(samples)
-        ],
+        "broker_rss_max_bytes_by_third": max_by_third(samples, "broker_rss_bytes"),
         "outputs_per_s_by_third": rate_by_third(samples, "outputs"),
         "dead_letters_total_metric": final.get("tierstream_dead_letters_total", 0.0),
         "duplicates_ignored": final.get("tierstream_events_ignored_total", 0.0),
