@@ -54,6 +54,9 @@ The embedded broker (Tansu, memory storage) is for development and tests, not pr
   - a consumer group's first join waits for the whole rebalance timeout (about 30 s with
     defaults; use short group timeouts), and a restarted member waits for the old session to
     expire.
+  - every fetch of a partition lists all the record batches it holds, so fetches slow as
+    batches accumulate, steeply past ~10,000 per partition (python -m streams.tansu_probe):
+    produce in batches (a linger), and expect long runs to slow.
   - DescribeConfigs does not return retention.ms.
   - a Metadata request for an unknown topic creates it with the broker's default partition
     count: create topics before anything produces to them.

@@ -233,5 +233,5 @@ def test_free_port_is_bindable_on_loopback() -> None:
 
 
 def test_limits_are_spelled_out() -> None:
-    for gap in ("memory", "ListOffsets", "transactions", "rebalance timeout"):
+    for gap in ("memory", "ListOffsets", "transactions", "rebalance timeout", "record batches"):
         assert gap in embedded.EMBEDDED_BROKER_LIMITS
