@@ -15,11 +15,10 @@ CPU time (/proc) per fetch. The figures are in the README (Known limits).
 from __future__ import annotations
 
 import asyncio
-import os
 import time
-from pathlib import Path
 from typing import Final
 
+from streams.bench_baselines import proc_cpu_seconds
 from streams.embedded import EmbeddedBroker
 
 COUNTS: Final = (1_000, 5_000, 10_000, 20_000)
@@ -28,9 +27,9 @@ TOPIC: Final = "tansu-probe"
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (/proc/<pid>/stat, fields 14 and 15)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    seconds = proc_cpu_seconds(pid)
+    assert seconds is not None, f"the broker (pid {pid}) has exited"
+    return seconds
 
 
 async def probe(broker: EmbeddedBroker) -> list[tuple[int, float, float]]:

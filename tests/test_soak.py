@@ -41,6 +41,7 @@ from typing import Any, Final, TypeVar
 import orjson
 import pytest
 
+from streams.bench_baselines import proc_cpu_seconds
 from streams.embedded import EmbeddedStack
 from streams.harness import WorkerProcess, caught_up
 from tests.e2e_support import fresh_stack, start_worker, topic_values
@@ -142,9 +143,10 @@ def rss_bytes(pid: int) -> int:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (/proc/<pid>/stat, fields 14 and 15)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of a process so far (/proc/<pid>/stat)."""
+    seconds = proc_cpu_seconds(pid)
+    assert seconds is not None, f"process {pid} has exited"
+    return seconds
 
 
 def outputs(metrics: dict[str, float]) -> float:
