@@ -78,7 +78,7 @@ DUPLICATE_SHARE: Final = 0.005
 #: linger: ~10 events per topic-partition per record batch at these rates. The embedded broker
 #: lists every record batch a partition holds on each fetch of it, so its fetches cost more as
 #: batches accumulate, and steeply past ~10,000 per partition (1 ms at 1,000 batches, 7 ms at
-#: 10,000, 130 ms at 20,000: README, Known limits). At the 50 ms ticks of the earlier soaks a
+#: 10,000, 130-1,800 ms at 20,000: README, Known limits). At the 50 ms ticks of the earlier soaks a
 #: batch held ~2 events, the input partitions passed 10,000 batches within the run, and the
 #: broker's CPU and the worker's backlogs grew with them.
 OFFER_TICK_SECONDS: Final = 0.25
