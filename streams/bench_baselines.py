@@ -49,6 +49,10 @@ BATCH_EVENTS: Final = 2000
 BATCH_WITHIN_S: Final = 0.05
 BATCHED_OUTPUTS: Final = ("bench-batched-changes", "bench-batched-profiles")
 BATCHED_SENDS_ENV: Final = "TIERSTREAM_BENCH_BATCHED_SENDS"
+# The prototype parses as the worker does by default (TIERSTREAM_BASE_CURRENCY), the currency of
+# the workload's purchases: with another, half the purchases were skipped as foreign instead of
+# folded (found 2026-12-07), and the prototype's rate counted work it had not done.
+PROTOTYPE_BASE_CURRENCY: Final = "USD"
 
 
 def proc_status_bytes(pid: int | str, field: str) -> int | None:
@@ -262,11 +266,11 @@ def _register_batched_core(app: Any, topic: Any, partitions: int, meter: Meter) 
                         message.topic,
                         event.value,
                         now_ms=now_ms,
-                        base_currency="CNY",
+                        base_currency=PROTOTYPE_BASE_CURRENCY,
                         max_future_ms=86_400_000,
                     )
                 except InvalidEvent:
-                    continue  # the pipeline dead-letters these; the workload has none
+                    continue  # dead-lettered by the pipeline; the workload has none (tested)
                 key = parsed.customer_id.encode()
                 partition = message.partition
                 held = states.get(key)

@@ -57,6 +57,20 @@ def test_workload_is_seeded_valid_and_covers_every_customer() -> None:
         assert 1_780_000_000_000 - 181 * 86_400_000 < event.occurred_ms < 1_780_000_000_000
 
 
+def test_the_prototype_folds_every_workload_event_as_the_worker_would() -> None:
+    """The prototype baseline parses with the worker's default base currency: with another one
+    it skipped the workload's foreign-currency purchases as invalid and measured less work."""
+    from segmentation.events import parse_event
+    from streams.bench_baselines import PROTOTYPE_BASE_CURRENCY
+    from streams.settings import load_settings
+
+    assert load_settings({}).base_currency == PROTOTYPE_BASE_CURRENCY
+    work = generate(50, 400, seed=5, now_ms=1_780_000_000_000)
+    assert any(b'"currency"' in value for value in work.values)
+    for topic, _key, value in work.records():
+        parse_event(topic, value, now_ms=1_780_000_000_000, base_currency=PROTOTYPE_BASE_CURRENCY)
+
+
 def test_percentile_is_nearest_rank() -> None:
     values = [float(v) for v in range(1, 101)]
     assert percentile(values, 50) == 50.0
