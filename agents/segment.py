@@ -141,12 +141,23 @@ class SegmentProcessor:
         self.rt.profiles_pending -= len(batch)
         for key, profile in batch.items():
             value = dumps(profile) if profile is not None else None
-            await self.send(partition, names.PROFILES, key=key, value=value)
+            # The profiles topic is co-partitioned with the inputs (the read model relies on
+            # it), so the partition is known: no key hashing in the producer's partitioner.
+            await self.send(partition, names.PROFILES, key=key, value=value, partition=partition)
             self.rt.profiles_sent += 1
 
-    async def send(self, batch: int, topic: str, **kwargs: Any) -> None:
+    async def send(
+        self,
+        batch: int,
+        topic: str,
+        *,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
         """Publish, and let the batch of partition `batch` wait for the delivery."""
-        self.writes.sent(batch, await self.rt.out[topic].send(**kwargs))
+        self.writes.sent(batch, await self.rt.produce(topic, key, value, partition, headers))
 
     def finished(self, message: Any) -> None:
         """The record is done (folded, dead-lettered, forwarded or skipped)."""

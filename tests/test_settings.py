@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import faust
 import pytest
@@ -521,3 +522,48 @@ def test_the_producer_sends_a_write_batchs_outputs_in_large_record_batches(tmp_p
     producer_conf = app.producer._settings_default()  # type: ignore[attr-defined]
     assert 256 * 1024 <= producer_conf["max_batch_size"] < 1_000_000
     assert producer_conf["linger_ms"] == 5
+
+
+def test_the_worker_hands_outputs_straight_to_the_producer(tmp_path: Path) -> None:
+    """With `direct_sends` (the running worker) an output goes to the app's producer in one call,
+    with its partition and headers, and the producer is started once; without it (agent tests)
+    it goes through the topic's own `send`, with only the arguments given."""
+    import asyncio
+
+    app, runtime = create_app(load_settings(base(tmp_path)))
+    produced: list[tuple[Any, ...]] = []
+    starts: list[int] = []
+
+    class Producer:
+        async def send(self, *args: Any) -> str:
+            produced.append(args)
+            return "delivery"
+
+    async def maybe_start_producer() -> Producer:
+        starts.append(1)
+        return Producer()
+
+    topic_sends: list[dict[str, Any]] = []
+
+    async def topic_send(**kwargs: Any) -> str:
+        topic_sends.append(kwargs)
+        return "topic delivery"
+
+    app.maybe_start_producer = maybe_start_producer  # type: ignore[method-assign]
+    runtime.out["tier-changes"].send = topic_send  # type: ignore[method-assign]
+    headers = [("h", b"v")]
+
+    async def scenario() -> list[Any]:
+        got = [await runtime.produce("tier-changes", b"k", b"v")]
+        runtime.direct_sends = True
+        got.append(await runtime.produce("tier-changes", b"k", b"v", 3, headers))
+        got.append(await runtime.produce("tierstream-profiles", b"k2", None, 5))
+        return got
+
+    assert asyncio.run(scenario()) == ["topic delivery", "delivery", "delivery"]
+    assert topic_sends == [{"key": b"k", "value": b"v"}]
+    assert produced == [
+        ("tier-changes", b"k", b"v", 3, None, headers),
+        ("tierstream-profiles", b"k2", None, 5, None, None),
+    ]
+    assert starts == [1]
