@@ -18,6 +18,7 @@ from segmentation.events import INPUT_TOPICS
 from segmentation.rules import Rules, load_rules
 from streams import metrics as metrics_mod
 from streams import topics as names
+from streams.partitioning import producer_partitioner
 from streams.settings import Settings
 
 log = logging.getLogger("tierstream")
@@ -166,6 +167,8 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
         # Under Kafka's default message.max.bytes (1 MB); a consumer is sent a whole batch even
         # past its fetch size per partition (KIP-74; the embedded broker does too, checked).
         "producer_max_batch_size": 512 * 1024,
+        # The default partitioner's placement, with each key's hash remembered.
+        "producer_partitioner": producer_partitioner,
         "broker_commit_every": 2000,
         "broker_commit_interval": 1.0,
         "table_standby_replicas": 1,

@@ -567,3 +567,29 @@ def test_the_worker_hands_outputs_straight_to_the_producer(tmp_path: Path) -> No
         ("tierstream-profiles", b"k2", None, 5, None, None),
     ]
     assert starts == [1]
+
+
+def test_the_producer_places_keys_as_kafkas_default_partitioner(tmp_path: Path) -> None:
+    """The worker's producer uses `producer_partitioner` (the default placement, with each key's
+    hash remembered): set through Faust, and placing every key where aiokafka's
+    DefaultPartitioner would, for any partition count, so outputs and profiles land on the
+    partitions consumers and the read model expect."""
+    import random
+
+    from aiokafka.partitioner import DefaultPartitioner
+
+    from streams.partitioning import partition_for, producer_partitioner
+
+    app, _ = create_app(load_settings(base(tmp_path)))
+    assert app.producer._settings_default()["partitioner"] is producer_partitioner  # type: ignore[attr-defined]
+    rng = random.Random(11)
+    default = DefaultPartitioner()
+    for _ in range(2000):
+        key = rng.randbytes(rng.randrange(0, 40))
+        partitions = list(range(rng.randrange(1, 64)))
+        expected = default(key, partitions, partitions)
+        assert producer_partitioner(key, partitions, partitions) == expected
+        assert producer_partitioner(key, partitions, partitions) == expected  # remembered
+        assert partition_for(key, len(partitions)) == expected
+        assert partition_for(bytearray(key), len(partitions)) == expected
+    assert producer_partitioner(None, [0, 1, 2], [2]) == 2
