@@ -87,14 +87,13 @@ class SegmentProcessor:
         self.applied: dict[tuple[str, int], int] = {}
         self.applied_saved: dict[tuple[str, int], tuple[int, float]] = {}
         self.flush_requested: set[int] = set()
-        self.children: dict[tuple[Any, ...], Any] = {}  # see `child`
         # The last offset received per input topic-partition, to tell a quiet topic from a
         # backlogged one (see `behind`).
         self.received: dict[tuple[str, int], int] = {}
-        # Per partition, the latest step of each customer touched by the current batch (None:
-        # erased): the read model needs only the last profile, so one is rendered and published
-        # per customer per batch, not one per event.
-        self.profiles: dict[int, dict[bytes, StepResult | None]] = {}
+        # Per partition, the latest profile of each customer touched by the current batch (None:
+        # erased): the read model needs only the last one, so one is published per customer
+        # per batch, not one per event.
+        self.profiles: dict[int, dict[bytes, dict[str, Any] | None]] = {}
         s = runtime.settings
         self.writes = WriteBehind(
             runtime.customers, max_records=s.flush_records, max_seconds=s.flush_ms / 1000
@@ -128,11 +127,11 @@ class SegmentProcessor:
             self.writes.put(partition, CLOCK_KEY % partition, str(clock).encode())
             rt.clock_persisted[partition] = clock
 
-    def queue_profile(self, partition: int, key: bytes, step: StepResult | None) -> None:
+    def queue_profile(self, partition: int, key: bytes, profile: dict[str, Any] | None) -> None:
         batch = self.profiles.setdefault(partition, {})
         if key not in batch:
             self.rt.profiles_pending += 1
-        batch[key] = step
+        batch[key] = profile
 
     async def send_profiles(self, partition: int) -> None:
         """Publish the batch's profiles; the batch's state waits for their delivery too."""
@@ -140,26 +139,14 @@ class SegmentProcessor:
         if not batch:
             return
         self.rt.profiles_pending -= len(batch)
-        for key, step in batch.items():
-            profile = step.profile if step is not None else None
+        for key, profile in batch.items():
             value = dumps(profile) if profile is not None else None
-            # The profiles topic is co-partitioned with the inputs (the read model relies on
-            # it), so the partition is known: no key hashing in the producer's partitioner.
-            await self.send(partition, names.PROFILES, key=key, value=value, partition=partition)
+            await self.send(partition, names.PROFILES, key=key, value=value)
             self.rt.profiles_sent += 1
 
-    async def send(
-        self,
-        batch: int,
-        topic: str,
-        *,
-        key: bytes | None,
-        value: bytes | None,
-        partition: int | None = None,
-        headers: list[tuple[str, bytes]] | None = None,
-    ) -> None:
+    async def send(self, batch: int, topic: str, **kwargs: Any) -> None:
         """Publish, and let the batch of partition `batch` wait for the delivery."""
-        self.writes.sent(batch, await self.rt.produce(topic, key, value, partition, headers))
+        self.writes.sent(batch, await self.rt.out[topic].send(**kwargs))
 
     def finished(self, message: Any) -> None:
         """The record is done (folded, dead-lettered, forwarded or skipped)."""
@@ -286,7 +273,7 @@ class SegmentProcessor:
             self.done(message)
             await self.flush(partition, force=flush)
             return
-        self.child(rt.metrics.events_consumed, topic).inc()
+        rt.metrics.events_consumed.labels(topic=topic).inc()
         self._ensure_index(partition)
         order = self.order(partition)
         order.note_arrival(topic, rt.now_ms())
@@ -592,7 +579,7 @@ class SegmentProcessor:
         rt = self.rt
         m = rt.metrics
         assert result.state is not None
-        self.queue_profile(partition, key, result)
+        self.queue_profile(partition, key, result.profile)
         emitted = to_rfc3339(rt.now_ms())
         for change in result.changes:
             change["emitted_at"] = emitted
@@ -602,12 +589,14 @@ class SegmentProcessor:
                 m.processing_latency.observe(max(0.0, time.time() - event_ms / 1000))
         for trigger in result.triggers:
             await self.send(partition, names.CAMPAIGN_TRIGGERS, key=key, value=dumps(trigger))
-            self.child(m.campaign_triggers, trigger["campaign"], trigger["variant"]).inc()
+            m.campaign_triggers.labels(
+                campaign=trigger["campaign"], variant=trigger["variant"]
+            ).inc()
         for campaign, reason in result.skipped:
-            self.child(m.campaign_triggers_suppressed, campaign, reason).inc()
+            m.campaign_triggers_suppressed.labels(campaign=campaign, reason=reason).inc()
         for warning in result.warnings:
             await self.send(partition, names.CHURN_WARNINGS, key=key, value=dumps(warning))
-            self.child(m.churn_warnings, warning["severity"]).inc()
+            m.churn_warnings.labels(severity=warning["severity"]).inc()
         self.writes.put(partition, key, result.state.to_bytes())
         if result.state.next_due_ms is not None:
             rt.due.push(partition, result.state.next_due_ms, result.state.customer_id)
@@ -619,21 +608,9 @@ class SegmentProcessor:
         m = self.rt.metrics.transitions
         cause = change["cause"]
         if change["previous_tier"] != change["tier"]:
-            previous = str(change["previous_tier"] or "none")
-            self.child(m, "tier", previous, change["tier"], cause).inc()
+            m.labels("tier", str(change["previous_tier"] or "none"), change["tier"], cause).inc()
         if change["previous_stage"] != change["stage"]:
-            previous = str(change["previous_stage"] or "none")
-            self.child(m, "stage", previous, change["stage"], cause).inc()
-
-    def child(self, metric: Any, *labels: str) -> Any:
-        """`metric.labels(*labels)`, remembered: prometheus_client looks a child up under a lock
-        on every call, several times per event. The label values are bounded sets (topics,
-        tiers, stages, causes, campaigns), so the cache is too."""
-        key = (metric, *labels)
-        found = self.children.get(key)
-        if found is None:
-            found = self.children[key] = metric.labels(*labels)
-        return found
+            m.labels("stage", str(change["previous_stage"] or "none"), change["stage"], cause).inc()
 
 
 def register_segment_agent(runtime: Runtime) -> faust.types.AgentT:

@@ -63,8 +63,7 @@ def run_worker(settings: Settings | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    app, runtime = create_app(settings, rules=rules)
-    runtime.direct_sends = True
+    app, _runtime = create_app(settings, rules=rules)
     logging.getLogger("tierstream").info(
         "worker starting: broker=%s redis=%s partitions=%d rules=%s web=%s:%d loop=%s",
         settings.broker,
