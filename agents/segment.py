@@ -17,6 +17,7 @@ from typing import Any
 
 import faust
 import orjson
+from aiokafka.consumer.fetcher import FetchResult
 from faust.types import TP
 
 from segmentation.dueindex import due_states
@@ -76,6 +77,28 @@ def _header(headers: Any, name: str) -> bytes | None:
     return None
 
 
+def fetched_not_received(consumer: Any, tp: TP, seen: int) -> bool:
+    """Whether this worker's Kafka client holds records of `tp` after offset `seen` that have
+    not reached the agent: drained from the client (its position is past them) but still in
+    Faust's queues, or still in the client's fetch buffer.
+
+    The fetch response's high-water mark alone misses these where a broker under-reports it:
+    the embedded broker answers the base offset of the partition's last record batch + 1, so
+    once the agent has the first record of that batch the rest looks absent, and a topic
+    whose remaining records queue behind another topic's would be taken for quiet (its records
+    then fold late, at another instant). On Kafka the high-water mark covers them; this check
+    is true there too. Reads the aiokafka client's state (Faust's consumer thread owns it:
+    plain attribute reads), and says False where that is not reachable."""
+    try:
+        client = consumer._thread._ensure_consumer()
+        state = client._subscription.subscription.assignment.state_value(tp)
+        if state is not None and state.has_valid_position and state.position > seen + 1:
+            return True
+        return isinstance(client._fetcher._records.get(tp), FetchResult)
+    except Exception:  # another client or version: the high-water mark alone decides
+        return False
+
+
 class SegmentProcessor:
     """Per-record handling, separated from the `async for` so tests can drive it directly."""
 
@@ -87,13 +110,14 @@ class SegmentProcessor:
         self.applied: dict[tuple[str, int], int] = {}
         self.applied_saved: dict[tuple[str, int], tuple[int, float]] = {}
         self.flush_requested: set[int] = set()
+        self.children: dict[tuple[Any, ...], Any] = {}  # see `child`
         # The last offset received per input topic-partition, to tell a quiet topic from a
         # backlogged one (see `behind`).
         self.received: dict[tuple[str, int], int] = {}
-        # Per partition, the latest profile of each customer touched by the current batch (None:
-        # erased): the read model needs only the last one, so one is published per customer
-        # per batch, not one per event.
-        self.profiles: dict[int, dict[bytes, dict[str, Any] | None]] = {}
+        # Per partition, the latest step of each customer touched by the current batch (None:
+        # erased): the read model needs only the last profile, so one is rendered and published
+        # per customer per batch, not one per event.
+        self.profiles: dict[int, dict[bytes, StepResult | None]] = {}
         s = runtime.settings
         self.writes = WriteBehind(
             runtime.customers, max_records=s.flush_records, max_seconds=s.flush_ms / 1000
@@ -127,11 +151,11 @@ class SegmentProcessor:
             self.writes.put(partition, CLOCK_KEY % partition, str(clock).encode())
             rt.clock_persisted[partition] = clock
 
-    def queue_profile(self, partition: int, key: bytes, profile: dict[str, Any] | None) -> None:
+    def queue_profile(self, partition: int, key: bytes, step: StepResult | None) -> None:
         batch = self.profiles.setdefault(partition, {})
         if key not in batch:
             self.rt.profiles_pending += 1
-        batch[key] = profile
+        batch[key] = step
 
     async def send_profiles(self, partition: int) -> None:
         """Publish the batch's profiles; the batch's state waits for their delivery too."""
@@ -139,14 +163,26 @@ class SegmentProcessor:
         if not batch:
             return
         self.rt.profiles_pending -= len(batch)
-        for key, profile in batch.items():
+        for key, step in batch.items():
+            profile = step.profile if step is not None else None
             value = dumps(profile) if profile is not None else None
-            await self.send(partition, names.PROFILES, key=key, value=value)
+            # The profiles topic is co-partitioned with the inputs (the read model relies on
+            # it), so the partition is known: no key hashing in the producer's partitioner.
+            await self.send(partition, names.PROFILES, key=key, value=value, partition=partition)
             self.rt.profiles_sent += 1
 
-    async def send(self, batch: int, topic: str, **kwargs: Any) -> None:
+    async def send(
+        self,
+        batch: int,
+        topic: str,
+        *,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
         """Publish, and let the batch of partition `batch` wait for the delivery."""
-        self.writes.sent(batch, await self.rt.out[topic].send(**kwargs))
+        self.writes.sent(batch, await self.rt.produce(topic, key, value, partition, headers))
 
     def finished(self, message: Any) -> None:
         """The record is done (folded, dead-lettered, forwarded or skipped)."""
@@ -273,7 +309,7 @@ class SegmentProcessor:
             self.done(message)
             await self.flush(partition, force=flush)
             return
-        rt.metrics.events_consumed.labels(topic=topic).inc()
+        self.child(rt.metrics.events_consumed, topic).inc()
         self._ensure_index(partition)
         order = self.order(partition)
         order.note_arrival(topic, rt.now_ms())
@@ -336,13 +372,15 @@ class SegmentProcessor:
                 highwater = consumer.highwater(tp)
             except Exception:  # not fetched yet, or no consumer (tests): time alone decides
                 return False
-            if highwater is None or highwater < 0:
-                return False
+            if highwater is not None and highwater < 0:
+                highwater = None
             seen = self.received.get((topic, partition))
             if seen is None:
                 committed = getattr(consumer, "_committed_offset", {}).get(tp)
-                return bool(highwater > (committed or 0))
-            return bool(highwater > seen + 1)
+                seen = (committed or 0) - 1
+            if highwater is not None and highwater > seen + 1:
+                return True
+            return fetched_not_received(consumer, tp, seen)
 
         return behind
 
@@ -579,7 +617,7 @@ class SegmentProcessor:
         rt = self.rt
         m = rt.metrics
         assert result.state is not None
-        self.queue_profile(partition, key, result.profile)
+        self.queue_profile(partition, key, result)
         emitted = to_rfc3339(rt.now_ms())
         for change in result.changes:
             change["emitted_at"] = emitted
@@ -589,14 +627,12 @@ class SegmentProcessor:
                 m.processing_latency.observe(max(0.0, time.time() - event_ms / 1000))
         for trigger in result.triggers:
             await self.send(partition, names.CAMPAIGN_TRIGGERS, key=key, value=dumps(trigger))
-            m.campaign_triggers.labels(
-                campaign=trigger["campaign"], variant=trigger["variant"]
-            ).inc()
+            self.child(m.campaign_triggers, trigger["campaign"], trigger["variant"]).inc()
         for campaign, reason in result.skipped:
-            m.campaign_triggers_suppressed.labels(campaign=campaign, reason=reason).inc()
+            self.child(m.campaign_triggers_suppressed, campaign, reason).inc()
         for warning in result.warnings:
             await self.send(partition, names.CHURN_WARNINGS, key=key, value=dumps(warning))
-            m.churn_warnings.labels(severity=warning["severity"]).inc()
+            self.child(m.churn_warnings, warning["severity"]).inc()
         self.writes.put(partition, key, result.state.to_bytes())
         if result.state.next_due_ms is not None:
             rt.due.push(partition, result.state.next_due_ms, result.state.customer_id)
@@ -608,9 +644,21 @@ class SegmentProcessor:
         m = self.rt.metrics.transitions
         cause = change["cause"]
         if change["previous_tier"] != change["tier"]:
-            m.labels("tier", str(change["previous_tier"] or "none"), change["tier"], cause).inc()
+            previous = str(change["previous_tier"] or "none")
+            self.child(m, "tier", previous, change["tier"], cause).inc()
         if change["previous_stage"] != change["stage"]:
-            m.labels("stage", str(change["previous_stage"] or "none"), change["stage"], cause).inc()
+            previous = str(change["previous_stage"] or "none")
+            self.child(m, "stage", previous, change["stage"], cause).inc()
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)`, remembered: prometheus_client looks a child up under a lock
+        on every call, several times per event. The label values are bounded sets (topics,
+        tiers, stages, causes, campaigns), so the cache is too."""
+        key = (metric, *labels)
+        found = self.children.get(key)
+        if found is None:
+            found = self.children[key] = metric.labels(*labels)
+        return found
 
 
 def register_segment_agent(runtime: Runtime) -> faust.types.AgentT:

@@ -662,9 +662,11 @@ def decide(
     """
     state = customer_campaign_state or CampaignState()
     suppression = suppression_state or SuppressionState()
-    zone = resolve_zone(tz_name, policy.default_timezone)
     occurred = transition.occurred_at_ms
-    send_at = send_after_ms(occurred, zone, policy.quiet_hours)
+    entered = [rule for rule in policy.rules if rule.entered_by(transition)]
+    # Most transitions enter no campaign: the zone and the quiet-hours walk only for those that do.
+    zone = resolve_zone(tz_name, policy.default_timezone) if entered else None
+    send_at = send_after_ms(occurred, zone, policy.quiet_hours) if zone is not None else occurred
 
     sends = {k: list(v) for k, v in state.sends.items()}
     fires = {k: list(v) for k, v in state.fires.items()}
@@ -673,9 +675,8 @@ def decide(
     triggers: list[Trigger] = []
     skipped: list[tuple[str, SkipReason]] = []
 
-    for rule in policy.rules:
-        if not rule.entered_by(transition):
-            continue
+    for rule in entered:
+        assert zone is not None
         tid = trigger_id(transition.change_id, rule.campaign)
         if tid in seen:
             skipped.append((rule.campaign, "duplicate"))

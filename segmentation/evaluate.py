@@ -166,9 +166,20 @@ def profile_of(
     state: CustomerState, ev: Evaluation, rules: Rules, params: BgNbdParams
 ) -> dict[str, Any]:
     """The read model's document: the design's profile shape plus the explanation."""
+    return render_profile(state.customer_id, state.suppressions, ev, rules, params)
+
+
+def render_profile(
+    customer_id: str,
+    suppressions: dict[str, tuple[int, bool]],
+    ev: Evaluation,
+    rules: Rules,
+    params: BgNbdParams,
+) -> dict[str, Any]:
+    """`profile_of` from the only parts of the state it reads (see `StepResult.profile`)."""
     f = ev.features
     return {
-        "customer_id": state.customer_id,
+        "customer_id": customer_id,
         "tier": ev.tier,
         "stage": ev.stage.stage,
         "tags": ev.tags,
@@ -194,7 +205,7 @@ def profile_of(
         "last_purchase_at": to_rfc3339(ev.last_purchase_ms) if ev.last_purchase_ms else None,
         "as_of": to_rfc3339(ev.as_of_ms),
         "rules_version": rules.version,
-        "suppressions": {k: v[1] for k, v in sorted(state.suppressions.items())},
+        "suppressions": {k: v[1] for k, v in sorted(suppressions.items())},
         "explanation": {
             "tier": ev.tier_explanation,
             "stage": {

@@ -9,8 +9,9 @@ rule that holds wins. Evaluation keeps every condition's inputs so "why is this 
 from __future__ import annotations
 
 import hashlib
+import operator
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
@@ -47,40 +48,51 @@ FEATURES: Final = frozenset(
 )
 
 
+def _contains(actual: Any, value: Any) -> bool:
+    return actual in value
+
+
+def _not_contains(actual: Any, value: Any) -> bool:
+    return actual not in value
+
+
+# The comparison of each operator, looked up once per condition rather than on every test: the
+# rules run several times per event (tiers, tags, for every re-evaluation).
+_TESTS: Final[dict[str, Callable[[Any, Any], Any]]] = {
+    "lt": operator.lt,
+    "le": operator.le,
+    "gt": operator.gt,
+    "ge": operator.ge,
+    "eq": operator.eq,
+    "ne": operator.ne,
+    "in": _contains,
+    "not_in": _not_contains,
+}
+
+
+def _never(actual: Any, value: Any) -> bool:
+    return False
+
+
 @dataclass(frozen=True, slots=True)
 class Condition:
     feature: str
     op: str
     value: Any
+    key: str = field(init=False, repr=False, compare=False)
+    _test: Callable[[Any, Any], Any] = field(init=False, repr=False, compare=False)
 
-    @property
-    def key(self) -> str:
-        return f"{self.feature}_{self.op}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", f"{self.feature}_{self.op}")
+        object.__setattr__(self, "_test", _TESTS.get(self.op, _never))
 
     def holds(self, actual: Any) -> bool:
         if actual is None:
             return False
         try:
-            match self.op:
-                case "lt":
-                    return bool(actual < self.value)
-                case "le":
-                    return bool(actual <= self.value)
-                case "gt":
-                    return bool(actual > self.value)
-                case "ge":
-                    return bool(actual >= self.value)
-                case "eq":
-                    return bool(actual == self.value)
-                case "ne":
-                    return bool(actual != self.value)
-                case "in":
-                    return actual in self.value
-                case "not_in":
-                    return actual not in self.value
+            return bool(self._test(actual, self.value))
         except TypeError:
             return False
-        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +112,10 @@ class Rule:
                 {"condition": cond.key, "threshold": cond.value, "value": actual, "ok": holds}
             )
         return ok, trace
+
+    def matches(self, features: Mapping[str, Any]) -> bool:
+        """`evaluate(features)[0]` without the trace, stopping at the first condition that fails."""
+        return all(cond.holds(features.get(cond.feature)) for cond in self.conditions)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +195,7 @@ class Rules:
         return tuple(dict.fromkeys((*TIERS, *(rule.name for rule in self.tiers))))
 
     def tags_for(self, features: Mapping[str, Any]) -> list[str]:
-        return [rule.name for rule in self.tags if rule.evaluate(features)[0]]
+        return [rule.name for rule in self.tags if rule.matches(features)]
 
 
 def _number(

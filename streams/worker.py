@@ -63,7 +63,8 @@ def run_worker(settings: Settings | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    app, _runtime = create_app(settings, rules=rules)
+    app, runtime = create_app(settings, rules=rules)
+    runtime.direct_sends = True
     logging.getLogger("tierstream").info(
         "worker starting: broker=%s redis=%s partitions=%d rules=%s web=%s:%d loop=%s",
         settings.broker,

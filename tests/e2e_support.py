@@ -90,7 +90,7 @@ def wait_consumed(
 ) -> dict[str, float]:
     """Until the worker has consumed `total` records (forwarded ones count twice: once on the
     wrong partition, once on the right one)."""
-    return worker.wait_for(
+    worker.wait_for(
         lambda m: (
             m.get("tierstream_events_consumed_total", 0)
             - m.get("tierstream_events_forwarded_total", 0)

@@ -9,9 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from segmentation.errors import RulesError
 from segmentation.rules import (
+    FEATURES,
     OPS,
     Condition,
     Rules,
@@ -379,6 +382,23 @@ def test_a_missing_feature_value_never_matches_whatever_the_op(op: str) -> None:
 )
 def test_each_op(op: str, threshold: Any, actual: Any, expected: bool) -> None:
     assert Condition("x", op, threshold).holds(actual) is expected
+
+
+FEATURE_VALUES = st.one_of(
+    st.none(),
+    st.integers(-5, 400),
+    st.floats(-1.0, 5000.0, allow_nan=False),
+    st.sampled_from(["new", "active", "at_risk", "champions", "lost", "high", "low"]),
+    st.booleans(),
+)
+
+
+@given(st.dictionaries(st.sampled_from(sorted(FEATURES)), FEATURE_VALUES))
+def test_matches_is_evaluate_without_the_trace(features: dict[str, Any]) -> None:
+    """`Rule.matches` (tags, no explanation) agrees with `Rule.evaluate` on every rule."""
+    rules = default_rules()
+    for rule in (*rules.tiers, *rules.tags):
+        assert rule.matches(features) is rule.evaluate(features)[0]
 
 
 def test_a_rule_over_a_missing_feature_does_not_match_a_prospect() -> None:

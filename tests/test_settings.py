@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import faust
 import pytest
@@ -521,3 +522,74 @@ def test_the_producer_sends_a_write_batchs_outputs_in_large_record_batches(tmp_p
     producer_conf = app.producer._settings_default()  # type: ignore[attr-defined]
     assert 256 * 1024 <= producer_conf["max_batch_size"] < 1_000_000
     assert producer_conf["linger_ms"] == 5
+
+
+def test_the_worker_hands_outputs_straight_to_the_producer(tmp_path: Path) -> None:
+    """With `direct_sends` (the running worker) an output goes to the app's producer in one call,
+    with its partition and headers, and the producer is started once; without it (agent tests)
+    it goes through the topic's own `send`, with only the arguments given."""
+    import asyncio
+
+    app, runtime = create_app(load_settings(base(tmp_path)))
+    produced: list[tuple[Any, ...]] = []
+    starts: list[int] = []
+
+    class Producer:
+        async def send(self, *args: Any) -> str:
+            produced.append(args)
+            return "delivery"
+
+    async def maybe_start_producer() -> Producer:
+        starts.append(1)
+        return Producer()
+
+    topic_sends: list[dict[str, Any]] = []
+
+    async def topic_send(**kwargs: Any) -> str:
+        topic_sends.append(kwargs)
+        return "topic delivery"
+
+    app.maybe_start_producer = maybe_start_producer  # type: ignore[method-assign]
+    runtime.out["tier-changes"].send = topic_send  # type: ignore[method-assign]
+    headers = [("h", b"v")]
+
+    async def scenario() -> list[Any]:
+        got = [await runtime.produce("tier-changes", b"k", b"v")]
+        runtime.direct_sends = True
+        got.append(await runtime.produce("tier-changes", b"k", b"v", 3, headers))
+        got.append(await runtime.produce("tierstream-profiles", b"k2", None, 5))
+        return got
+
+    assert asyncio.run(scenario()) == ["topic delivery", "delivery", "delivery"]
+    assert topic_sends == [{"key": b"k", "value": b"v"}]
+    assert produced == [
+        ("tier-changes", b"k", b"v", 3, None, headers),
+        ("tierstream-profiles", b"k2", None, 5, None, None),
+    ]
+    assert starts == [1]
+
+
+def test_the_producer_places_keys_as_kafkas_default_partitioner(tmp_path: Path) -> None:
+    """The worker's producer uses `producer_partitioner` (the default placement, with each key's
+    hash remembered): set through Faust, and placing every key where aiokafka's
+    DefaultPartitioner would, for any partition count, so outputs and profiles land on the
+    partitions consumers and the read model expect."""
+    import random
+
+    from aiokafka.partitioner import DefaultPartitioner
+
+    from streams.partitioning import partition_for, producer_partitioner
+
+    app, _ = create_app(load_settings(base(tmp_path)))
+    assert app.producer._settings_default()["partitioner"] is producer_partitioner  # type: ignore[attr-defined]
+    rng = random.Random(11)
+    default = DefaultPartitioner()
+    for _ in range(2000):
+        key = rng.randbytes(rng.randrange(0, 40))
+        partitions = list(range(rng.randrange(1, 64)))
+        expected = default(key, partitions, partitions)
+        assert producer_partitioner(key, partitions, partitions) == expected
+        assert producer_partitioner(key, partitions, partitions) == expected  # remembered
+        assert partition_for(key, len(partitions)) == expected
+        assert partition_for(bytearray(key), len(partitions)) == expected
+    assert producer_partitioner(None, [0, 1, 2], [2]) == 2
