@@ -359,9 +359,10 @@ class SegmentProcessor:
             return None
 
     def behind_on(self, partition: int) -> Callable[[str], bool]:
-        """Whether the broker holds records of a topic on this partition that have not reached
-        the agent yet (the high-water mark of the consumer's last fetch is past the last one
-        received): such a topic is backlogged, not quiet, and must not be skipped."""
+        """Whether records of a topic on this partition exist that have not reached the agent
+        yet: in the broker (the high-water mark of the consumer's last fetch is past the last
+        one received) or in this worker's Kafka client (`fetched_not_received`). Such a topic
+        is backlogged, not quiet, and must not be skipped."""
         consumer = getattr(self.rt.app, "consumer", None)
 
         def behind(topic: str) -> bool:
