@@ -373,8 +373,6 @@ class SegmentProcessor:
                 highwater = consumer.highwater(tp)
             except Exception:  # not fetched yet, or no consumer (tests): time alone decides
                 return False
-            if highwater is not None and highwater < 0:
-                highwater = None
             seen = self.received.get((topic, partition))
             if seen is None:
                 committed = getattr(consumer, "_committed_offset", {}).get(tp)
