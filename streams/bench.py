@@ -1,5 +1,5 @@
-"""`tierstream bench`: the pipeline against three baselines and a prototype, on one broker and one
-workload.
+"""`tierstream bench`: the pipeline against three baselines and two prototypes, on one broker and
+one workload.
 
 One run: one broker (the embedded stack unless `TIERSTREAM_BROKER` is set), one seeded workload
 over the four event topics, published once before anything is measured, so every consumer measures
@@ -10,7 +10,9 @@ Measured, in this order:
    update (the Python ceiling); a Faust agent doing only that (Faust's per-event floor); a naive
    Faust agent with one table write per event; and the micro-batched prototype (a Faust agent
    taking records in batches through the pure core, one state record per customer per batch),
-   whose rate is the ceiling of that shape (`streams.bench_baselines`);
+   whose rate is the ceiling of that shape, and the whole-fetch prototype (the same fold, fed one
+   aiokafka fetch per Faust event, so Faust's per-record path is left out); see
+   `streams.bench_baselines`;
 2. the pipeline: one real `tierstream worker` (a child process); events/s from its own metrics
    (`tierstream_events_consumed_total` over time, ending when it has consumed every record and its
    Redis backlog is 0);
@@ -874,6 +876,7 @@ def run(
             ("empty_faust", "Faust agent, parse + count only"),
             ("naive_faust", "naive Faust agent, one table write per event"),
             ("batched_core", "prototype: micro-batched Faust agent + the pure core"),
+            ("fetch_core", "prototype: whole fetches to a Faust agent + the pure core"),
         ):
             progress(f"[{next(step)}/{phases}] baseline: {what}")
             contention = Contention()
@@ -1023,6 +1026,17 @@ def run(
             b["batched_core"]["events_per_s"], b["raw_aiokafka"]["events_per_s"]
         ),
         "pipeline_over_batched_core": _ratio(p, b["batched_core"]["events_per_s"]),
+        # The whole-fetch prototype: Faust's per-record path left out, the core and table kept.
+        "fetch_core_over_naive": _ratio(
+            b["fetch_core"]["events_per_s"], b["naive_faust"]["events_per_s"]
+        ),
+        "fetch_core_over_empty_faust": _ratio(
+            b["fetch_core"]["events_per_s"], b["empty_faust"]["events_per_s"]
+        ),
+        "fetch_core_over_raw_aiokafka": _ratio(
+            b["fetch_core"]["events_per_s"], b["raw_aiokafka"]["events_per_s"]
+        ),
+        "pipeline_over_fetch_core": _ratio(p, b["fetch_core"]["events_per_s"]),
     }
     if "scaling" in doc:
         doc["ratios"]["two_workers_over_one"] = doc["scaling"]["ratio_over_one"]
@@ -1092,6 +1106,11 @@ def render_table(doc: Mapping[str, Any]) -> str:
             "prototype: micro-batched Faust + core",
             b["batched_core"],
             "pipeline_over_batched_core",
+        ),
+        (
+            "prototype: whole fetches to Faust + core",
+            b["fetch_core"],
+            "pipeline_over_fetch_core",
         ),
     ]
     for name, res, ratio in rows:
@@ -1168,6 +1187,18 @@ def render_table(doc: Mapping[str, Any]) -> str:
         row(
             "prototype / naive Faust",
             f"{r['batched_core_over_naive']:.2f}×",
+            "",
+            None,
+        ),
+        row(
+            "prototype (whole fetches) / raw aiokafka",
+            f"{r['fetch_core_over_raw_aiokafka']:.3%}",
+            f"≥ {t['pipeline_over_raw_aiokafka']:.0%} (goal)",
+            r["fetch_core_over_raw_aiokafka"] >= t["pipeline_over_raw_aiokafka"],
+        ),
+        row(
+            "prototype (whole fetches) / naive Faust",
+            f"{r['fetch_core_over_naive']:.2f}×",
             "",
             None,
         ),

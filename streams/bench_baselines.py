@@ -1,4 +1,4 @@
-"""The benchmark's three baselines and one prototype, each run in a child process of its own (so
+"""The benchmark's three baselines and two prototypes, each run in a child process of its own (so
 its RSS and CPU are its own), reading the pre-published workload from the beginning with its own
 consumer group:
 
@@ -18,6 +18,10 @@ consumer group:
   leaves out, so its rate is a ceiling for this shape rather than a pipeline: the partition clock
   and time-driven re-evaluations, event-time order across topics, dead letters, outputs delivered
   before the state is written, and the Redis read model.
+- ``fetch_core`` (the second prototype): the same fold (`CoreFold`), fed whole fetches: a task
+  reads with its own aiokafka consumer and hands each fetch to a Faust agent as one event on an
+  in-memory channel, so Faust's per-record consumer path is left out and the agent, the table
+  and its changelog are kept. What the first prototype leaves out, plus Faust's offset tracking.
 
 Both Faust baselines run with the pipeline's own Faust settings (`streams.app.faust_settings`) and
 `FAST_GROUP_SETTINGS`. A child writes its result as JSON to `--result` when it has consumed
@@ -36,7 +40,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -44,10 +48,11 @@ import orjson
 
 from streams.bench_workload import EVENT_TOPICS
 
-KINDS: Final = ("raw_aiokafka", "empty_faust", "naive_faust", "batched_core")
+KINDS: Final = ("raw_aiokafka", "empty_faust", "naive_faust", "batched_core", "fetch_core")
 BATCH_EVENTS: Final = 2000
 BATCH_WITHIN_S: Final = 0.05
 BATCHED_OUTPUTS: Final = ("bench-batched-changes", "bench-batched-profiles")
+FETCH_OUTPUTS: Final = ("bench-fetch-changes", "bench-fetch-profiles")
 BATCHED_SENDS_ENV: Final = "TIERSTREAM_BENCH_BATCHED_SENDS"
 # The prototype parses as the worker does by default (TIERSTREAM_BASE_CURRENCY), the currency of
 # the workload's purchases: with another, half the purchases were skipped as foreign instead of
@@ -198,6 +203,10 @@ def _run_faust(
         app.agent(topic, name="bench.empty")(count)
     elif kind == "batched_core":
         _register_batched_core(app, topic, partitions, meter)
+    elif kind == "fetch_core":
+        from streams.settings import bootstrap_servers
+
+        _register_fetch_core(app, bootstrap_servers(broker), group, partitions, meter)
     else:
         totals = app.Table(
             "naive-totals",
@@ -219,26 +228,86 @@ def _run_faust(
     worker.execute_from_commandline()
 
 
+class CoreFold:
+    """The prototypes' shared work: fold a batch of raw event records through the real pure core
+    (`parse_event`, `apply_event` with the default rules and campaign policy), keep one state
+    per customer in a Faust table, and write one state record per customer per batch to the
+    table's changelog, to the customer's own partition with `send_changelog` (a batch spans
+    partitions, and the table's `__setitem__` would log a key under the partition of whichever
+    record is current). Returns the batch's outputs for the caller to publish: every tier
+    change, and one profile per customer."""
+
+    def __init__(self, app: Any, table_name: str, partitions: int) -> None:
+        import faust
+
+        from segmentation.campaigns import parse_campaign_policy
+        from segmentation.rules import default_rules
+        from streams.app import RAW
+
+        self.rules = default_rules()
+        self.policy = parse_campaign_policy(self.rules.campaigns)
+        self.table = app.Table(
+            table_name,
+            key_type=bytes,
+            value_type=bytes,
+            schema=faust.Schema(**RAW),
+            partitions=partitions,
+        )
+
+    def fold(
+        self, records: Iterable[tuple[str, int, bytes]], now_ms: int
+    ) -> tuple[list[tuple[bytes, bytes, int]], list[tuple[bytes, bytes, int]]]:
+        """`records`: (topic, partition, value). Returns (changes, profiles), each a list of
+        (key, value, partition)."""
+        from segmentation.bgnbd import DEFAULT_PARAMS
+        from segmentation.events import InvalidEvent, parse_event
+        from segmentation.state import CustomerState
+        from segmentation.step import apply_event
+
+        table = self.table
+        # customer key -> (partition, state); the latest profile per customer
+        states: dict[bytes, tuple[int, CustomerState | None]] = {}
+        latest: dict[bytes, tuple[int, dict[str, Any]]] = {}
+        changes: list[tuple[bytes, bytes, int]] = []
+        for topic, partition, value in records:
+            try:
+                parsed = parse_event(
+                    topic,
+                    value,
+                    now_ms=now_ms,
+                    base_currency=PROTOTYPE_BASE_CURRENCY,
+                    max_future_ms=86_400_000,
+                )
+            except InvalidEvent:
+                continue  # dead-lettered by the pipeline; the workload has none (tested)
+            key = parsed.customer_id.encode()
+            held = states.get(key)
+            if held is None:
+                raw = table.data.get(key)
+                held = (partition, CustomerState.from_bytes(raw) if raw else None)
+            result = apply_event(held[1], parsed, self.rules, DEFAULT_PARAMS, policy=self.policy)
+            states[key] = (partition, result.state)
+            for change in result.changes:
+                changes.append((key, orjson.dumps(change), partition))
+            if result.profile is not None:
+                latest[key] = (partition, result.profile)
+        for key, (partition, state) in states.items():
+            if state is not None:
+                encoded = state.to_bytes()
+                table.data[key] = encoded
+                table.send_changelog(partition, key, encoded)
+        profiles = [
+            (key, orjson.dumps(profile), partition) for key, (partition, profile) in latest.items()
+        ]
+        return changes, profiles
+
+
 def _register_batched_core(app: Any, topic: Any, partitions: int, meter: Meter) -> None:
     import faust
 
-    from segmentation.bgnbd import DEFAULT_PARAMS
-    from segmentation.campaigns import parse_campaign_policy
-    from segmentation.events import InvalidEvent, parse_event
-    from segmentation.rules import default_rules
-    from segmentation.state import CustomerState
-    from segmentation.step import apply_event
     from streams.app import RAW
 
-    rules = default_rules()
-    policy = parse_campaign_policy(rules.campaigns)
-    table = app.Table(
-        "batched-customers",
-        key_type=bytes,
-        value_type=bytes,
-        schema=faust.Schema(**RAW),
-        partitions=partitions,
-    )
+    core = CoreFold(app, "batched-customers", partitions)
     changes_name, profiles_name = BATCHED_OUTPUTS
     changes, profiles = (app.topic(name, **RAW, partitions=partitions) for name in BATCHED_OUTPUTS)
     # "topic": Faust's Topic.send, as the pipeline sends; "producer": the app's producer
@@ -255,44 +324,74 @@ def _register_batched_core(app: Any, topic: Any, partitions: int, meter: Meter) 
         # take_events is on faust.Stream, missing from the StreamT protocol.
         batches = stream.take_events(BATCH_EVENTS, within=BATCH_WITHIN_S)  # type: ignore[attr-defined]
         async for events in batches:
-            now_ms = int(time.time() * 1000)
-            # customer key -> (partition, state); the latest profile per customer
-            states: dict[bytes, tuple[int, CustomerState | None]] = {}
-            latest: dict[bytes, tuple[int, dict[str, Any]]] = {}
-            for event in events:
-                message = event.message
-                try:
-                    parsed = parse_event(
-                        message.topic,
-                        event.value,
-                        now_ms=now_ms,
-                        base_currency=PROTOTYPE_BASE_CURRENCY,
-                        max_future_ms=86_400_000,
-                    )
-                except InvalidEvent:
-                    continue  # dead-lettered by the pipeline; the workload has none (tested)
-                key = parsed.customer_id.encode()
-                partition = message.partition
-                held = states.get(key)
-                if held is None:
-                    raw = table.data.get(key)
-                    held = (partition, CustomerState.from_bytes(raw) if raw else None)
-                result = apply_event(held[1], parsed, rules, DEFAULT_PARAMS, policy=policy)
-                states[key] = (partition, result.state)
-                for change in result.changes:
-                    await send(changes, changes_name, key, orjson.dumps(change), partition)
-                if result.profile is not None:
-                    latest[key] = (partition, result.profile)
-            for key, (partition, state) in states.items():
-                if state is not None:
-                    value = state.to_bytes()
-                    table.data[key] = value
-                    table.send_changelog(partition, key, value)
-            for key, (partition, profile) in latest.items():
-                await send(profiles, profiles_name, key, orjson.dumps(profile), partition)
+            records = (
+                (event.message.topic, event.message.partition, event.value) for event in events
+            )
+            out_changes, out_profiles = core.fold(records, int(time.time() * 1000))
+            for key, value, partition in out_changes:
+                await send(changes, changes_name, key, value, partition)
+            for key, value, partition in out_profiles:
+                await send(profiles, profiles_name, key, value, partition)
             meter.tick(len(events))
 
     app.agent(topic, name="bench.batched")(batched)
+
+
+def _register_fetch_core(
+    app: Any, bootstrap: str, group: str, partitions: int, meter: Meter
+) -> None:
+    """The leaner path from consumer to agent: a task reads whole fetches with its own aiokafka
+    consumer (`getmany`, up to BATCH_EVENTS records or BATCH_WITHIN_S) and hands each fetch to a
+    Faust agent as ONE event on an in-memory channel, so Faust's per-record machinery (message
+    objects, the drain loop, acks, per-event sleep(0)) runs once per fetch, not once per record.
+    The agent folds the fetch as `batched_core` does (`CoreFold`: Faust table and changelog) and
+    produces its outputs through the app's producer. Offsets are the task's consumer's, committed
+    automatically: unlike the pipeline, a crash may lose or repeat a fetch, so this measures the
+    shape's ceiling, not a delivery guarantee (that would need the agent to commit what it
+    folded, after its outputs and changelog are delivered)."""
+    import faust
+    from aiokafka import AIOKafkaConsumer
+
+    core = CoreFold(app, "fetch-customers", partitions)
+    changes_name, profiles_name = FETCH_OUTPUTS
+    # In memory: values are handed over as they are, no codec (faust.Channel.prepare_value).
+    fetches = app.channel()
+
+    async def fetch() -> None:
+        consumer = AIOKafkaConsumer(
+            *EVENT_TOPICS,
+            bootstrap_servers=bootstrap,
+            group_id=f"{group}-fetch",  # not the Faust app's group: another protocol
+            auto_offset_reset="earliest",
+            enable_auto_commit=True,
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=1000,
+            rebalance_timeout_ms=4000,
+        )
+        await consumer.start()
+        try:
+            while not meter.done:
+                batch = await consumer.getmany(
+                    timeout_ms=int(BATCH_WITHIN_S * 1000), max_records=BATCH_EVENTS
+                )
+                records = [(r.topic, r.partition, r.value) for rs in batch.values() for r in rs]
+                if records:
+                    await fetches.send(value=records)  # waits while the agent's queue is full
+        finally:
+            await consumer.stop()
+
+    async def fold_fetches(stream: faust.StreamT) -> None:
+        send = app.producer.send
+        async for records in stream:
+            out_changes, out_profiles = core.fold(records, int(time.time() * 1000))
+            for key, value, partition in out_changes:
+                await send(changes_name, key, value, partition, None, None)
+            for key, value, partition in out_profiles:
+                await send(profiles_name, key, value, partition, None, None)
+            meter.tick(len(records))
+
+    app.task(fetch)
+    app.agent(fetches, name="bench.fetch")(fold_fetches)
 
 
 def child_main(argv: Sequence[str] | None = None) -> int:
@@ -308,12 +407,11 @@ def child_main(argv: Sequence[str] | None = None) -> int:
     from streams.settings import bootstrap_servers
 
     meter = Meter(args.kind, args.expected, Path(args.result))
-    if args.kind == "batched_core":
+    outputs = {"batched_core": BATCHED_OUTPUTS, "fetch_core": FETCH_OUTPUTS}.get(args.kind)
+    if outputs:
         from streams.embedded import create_topics
 
-        asyncio.run(
-            create_topics(bootstrap_servers(args.broker), list(BATCHED_OUTPUTS), args.partitions)
-        )
+        asyncio.run(create_topics(bootstrap_servers(args.broker), list(outputs), args.partitions))
     if args.kind == "raw_aiokafka":
         asyncio.run(_raw(bootstrap_servers(args.broker), args.group, meter))
     else:

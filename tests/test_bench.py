@@ -27,6 +27,8 @@ REQUIRED = (
     "baselines.naive_faust.events_per_s",
     "baselines.batched_core.events_per_s",
     "ratios.batched_core_over_raw_aiokafka",
+    "baselines.fetch_core.events_per_s",
+    "ratios.fetch_core_over_raw_aiokafka",
     "ratios.pipeline_over_naive",
     "ratios.pipeline_over_empty_faust",
     "ratios.pipeline_over_raw_aiokafka",
@@ -130,6 +132,61 @@ def test_bench_end_to_end_tiny(
     # The table is what a person reads: the figures and the ratios are in it.
     assert "raw aiokafka" in printed.out and "pipeline / naive Faust" in printed.out
     assert "prototype: micro-batched" in printed.out
+    assert "prototype: whole fetches" in printed.out
     assert render_table(doc) in printed.out
     for phase in ("baseline", "pipeline", "latency", "state bytes", "scaling", "peak RSS"):
         assert phase in printed.err
+
+
+def test_the_prototypes_fold_matches_the_pure_core_per_customer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`CoreFold` (both prototypes' work) over a workload in fetch-sized batches ends with every
+    customer's state as the pure core folded over that customer's events alone, sends one
+    changelog record per customer per batch (the customer's latest state in it), and returns
+    one profile per customer per batch and every tier change."""
+    import faust
+
+    from segmentation.bgnbd import DEFAULT_PARAMS
+    from segmentation.campaigns import parse_campaign_policy
+    from segmentation.events import parse_event
+    from segmentation.rules import default_rules
+    from segmentation.state import CustomerState
+    from segmentation.step import apply_event
+    from streams.bench_baselines import PROTOTYPE_BASE_CURRENCY, CoreFold
+
+    now_ms = 1_780_000_000_000
+    work = generate(40, 600, seed=11, now_ms=now_ms)
+    records = [(topic, 0, value) for topic, _key, value in work.records()]
+    app = faust.App("test-corefold", broker="kafka://127.0.0.1:1", store="memory://")
+    core = CoreFold(app, "corefold-customers", 4)
+    logged: list[tuple[int, bytes, bytes]] = []
+    monkeypatch.setattr(core.table, "send_changelog", lambda p, k, v: logged.append((p, k, v)))
+    changes: list[tuple[bytes, bytes, int]] = []
+    batches = [records[i : i + 97] for i in range(0, len(records), 97)]
+    expected_logged = 0
+    for batch in batches:
+        out_changes, out_profiles = core.fold(batch, now_ms)
+        changes += out_changes
+        keys = {k for k, _v, _p in out_profiles}
+        assert len(keys) == len(out_profiles)  # one profile per customer per batch
+        expected_logged += len({parse_event(t, v, now_ms=now_ms).customer_id for t, _p, v in batch})
+    assert len(logged) == expected_logged
+
+    rules = default_rules()
+    policy = parse_campaign_policy(rules.campaigns)
+    states: dict[bytes, CustomerState | None] = {}
+    reference_changes = 0
+    for topic, _p, value in records:
+        ev = parse_event(topic, value, now_ms=now_ms, base_currency=PROTOTYPE_BASE_CURRENCY)
+        key = ev.customer_id.encode()
+        result = apply_event(states.get(key), ev, rules, DEFAULT_PARAMS, policy=policy)
+        states[key] = result.state
+        reference_changes += len(result.changes)
+    assert len(changes) == reference_changes
+    assert set(core.table.data.keys()) == {k for k, s in states.items() if s is not None}
+    for key, state in states.items():
+        assert state is not None
+        assert core.table.data[key] == state.to_bytes(), key
+    last_logged = {k: v for _p, k, v in logged}
+    assert last_logged == dict(core.table.data)
