@@ -806,7 +806,7 @@ def run(
     own_workdir = workdir is None
     workdir = workdir or Path(tempfile.mkdtemp(prefix="tierstream-bench-"))
     run_tag = f"{int(time.time()):x}"
-    phases = 10 + (1 if workers > 1 else 0)
+    phases = 11 + (1 if workers > 1 else 0)
     step = iter(range(1, phases + 1))
     started_at = datetime.now(UTC)
     doc: dict[str, Any] = {
