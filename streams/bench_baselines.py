@@ -42,11 +42,14 @@ import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
 from streams.bench_workload import EVENT_TOPICS
+
+if TYPE_CHECKING:
+    from aiokafka import AIOKafkaConsumer
 
 KINDS: Final = ("raw_aiokafka", "empty_faust", "naive_faust", "batched_core", "fetch_core")
 BATCH_EVENTS: Final = 2000
@@ -132,10 +135,12 @@ class Meter:
 # -- child side ---------------------------------------------------------------------------
 
 
-async def _raw(bootstrap: str, group: str, meter: Meter) -> None:
+def _workload_consumer(bootstrap: str, group: str) -> AIOKafkaConsumer:
+    """An aiokafka consumer of the four event topics from the beginning, committing on its own,
+    with the fast group settings of the embedded stack's tests."""
     from aiokafka import AIOKafkaConsumer
 
-    consumer = AIOKafkaConsumer(
+    return AIOKafkaConsumer(
         *EVENT_TOPICS,
         bootstrap_servers=bootstrap,
         group_id=group,
@@ -145,6 +150,10 @@ async def _raw(bootstrap: str, group: str, meter: Meter) -> None:
         heartbeat_interval_ms=1000,
         rebalance_timeout_ms=4000,
     )
+
+
+async def _raw(bootstrap: str, group: str, meter: Meter) -> None:
+    consumer = _workload_consumer(bootstrap, group)
     await consumer.start()
     counts: dict[str, int] = {}
     try:
@@ -353,7 +362,6 @@ def _register_fetch_core(
     shape's ceiling, not a delivery guarantee (that would need the agent to commit what it
     folded, after its outputs and changelog are delivered)."""
     import faust
-    from aiokafka import AIOKafkaConsumer
 
     core = CoreFold(app, "fetch-customers", partitions)
     changes_name, profiles_name = FETCH_OUTPUTS
@@ -365,16 +373,8 @@ def _register_fetch_core(
     in_flight = asyncio.Semaphore(FETCHES_IN_FLIGHT)
 
     async def fetch() -> None:
-        consumer = AIOKafkaConsumer(
-            *EVENT_TOPICS,
-            bootstrap_servers=bootstrap,
-            group_id=f"{group}-fetch",  # not the Faust app's group: another protocol
-            auto_offset_reset="earliest",
-            enable_auto_commit=True,
-            session_timeout_ms=6000,
-            heartbeat_interval_ms=1000,
-            rebalance_timeout_ms=4000,
-        )
+        # Not the Faust app's group: that one speaks Faust's assignor protocol.
+        consumer = _workload_consumer(bootstrap, f"{group}-fetch")
         await consumer.start()
         try:
             while not meter.done:
