@@ -383,6 +383,26 @@ class SegmentProcessor:
 
         return behind
 
+    def polled_since_on(self, partition: int) -> Callable[[str, int], bool]:
+        """Whether the Kafka client has had a fetch answer for a topic on this partition since
+        a wall time (ms): after a pause, a quiet topic's high-water mark is only trusted once it
+        is newer than the records that ended the pause (`PartitionOrder.resumed_ms`). aiokafka
+        stamps each partition with the wall time of its last fetch answer; where that is not
+        reachable (tests, another client), True: the high-water mark alone decides, as before."""
+        consumer = getattr(self.rt.app, "consumer", None)
+
+        def polled_since(topic: str, since_ms: int) -> bool:
+            if consumer is None:
+                return True
+            try:
+                client = consumer._thread._ensure_consumer()
+                polled = client.last_poll_timestamp(TP(topic, partition))
+            except Exception:  # not assigned here, or no aiokafka client
+                return True
+            return polled is None or polled >= since_ms
+
+        return polled_since
+
     def order(self, partition: int) -> PartitionOrder[Pending]:
         order = self.orders.get(partition)
         if order is None:
@@ -399,7 +419,10 @@ class SegmentProcessor:
         """Fold, in event-time order, every held record whose turn has come."""
         rt = self.rt
         released = self.order(partition).release(
-            rt.now_ms(), until_ms=until_ms, behind=self.behind_on(partition)
+            rt.now_ms(),
+            until_ms=until_ms,
+            behind=self.behind_on(partition),
+            polled_since=self.polled_since_on(partition),
         )
         if released.forced:
             rt.metrics.order_forced.inc(released.forced)
@@ -726,7 +749,9 @@ def register_segment_agent(runtime: Runtime) -> faust.types.AgentT:
             now = runtime.now_ms()
             due = set(processor.writes.overdue())
             for partition, order in list(processor.orders.items()):
-                if order.release_possible(now, processor.behind_on(partition)):
+                if order.release_possible(
+                    now, processor.behind_on(partition), processor.polled_since_on(partition)
+                ):
                     due.add(partition)
             for partition in sorted(due - processor.flush_requested):
                 processor.flush_requested.add(partition)

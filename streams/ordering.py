@@ -39,6 +39,10 @@ def _nothing_behind(topic: str) -> bool:
     return False
 
 
+def _always_polled(topic: str, since_ms: int) -> bool:
+    return True
+
+
 @dataclass(order=True)
 class _Held(Generic[Item]):
     occurred_ms: int
@@ -66,12 +70,19 @@ class PartitionOrder(Generic[Item]):
         # Per topic: the newest event time seen, and when a record last arrived (wall time).
         self.high: dict[str, int] = {}
         self.arrived: dict[str, int] = dict.fromkeys(topics, now_ms)
+        # When the first record after a pause arrived (every topic idle for `idle_ms`). A topic
+        # still quiet then is only taken for quiet once the consumer has fetched it since: its
+        # last high-water mark predates the pause's end, and records published with the ones
+        # that ended it may be on their way (found in the chunked replay, 2026-12-07).
+        self.resumed_ms = now_ms
 
     def __len__(self) -> int:
         return len(self.heap)
 
     def note_arrival(self, topic: str, now_ms: int) -> None:
         """A record arrived on `topic` (valid or not): the topic is not idle."""
+        if all(now_ms - at >= self.idle_ms for at in self.arrived.values()):
+            self.resumed_ms = now_ms
         self.arrived[topic] = max(self.arrived.get(topic, now_ms), now_ms)
 
     def hold(self, topic: str, occurred_ms: int, offset: int, item: Item, now_ms: int) -> None:
@@ -83,7 +94,12 @@ class PartitionOrder(Generic[Item]):
         return self.heap[0].occurred_ms if self.heap else None
 
     def _passed(
-        self, topic: str, head: _Held[Item], now_ms: int, behind: Callable[[str], bool]
+        self,
+        topic: str,
+        head: _Held[Item],
+        now_ms: int,
+        behind: Callable[[str], bool],
+        polled_since: Callable[[str, int], bool],
     ) -> bool:
         """No record of `topic` can still come that sorts before `head` (Kafka keeps each
         topic-partition in order; a producer's late record is late whatever we do)."""
@@ -95,20 +111,30 @@ class PartitionOrder(Generic[Item]):
             return False
         # A high-water mark can stay past the last record for good (transaction markers hold
         # offsets no record fills): after BEHIND_GIVE_UP idle periods, quiet is quiet.
-        return quiet_ms >= BEHIND_GIVE_UP * self.idle_ms or not behind(topic)
+        if quiet_ms >= BEHIND_GIVE_UP * self.idle_ms:
+            return True
+        return not behind(topic) and polled_since(topic, self.resumed_ms)
 
-    def _head_ready(self, now_ms: int, behind: Callable[[str], bool]) -> bool:
+    def _head_ready(
+        self,
+        now_ms: int,
+        behind: Callable[[str], bool],
+        polled_since: Callable[[str, int], bool],
+    ) -> bool:
         head = self.heap[0]
         return all(
-            self._passed(topic, head, now_ms, behind)
+            self._passed(topic, head, now_ms, behind, polled_since)
             for topic, rank in self.rank.items()
             if rank != head.rank
         )
 
     def release_possible(
-        self, now_ms: int, behind: Callable[[str], bool] = _nothing_behind
+        self,
+        now_ms: int,
+        behind: Callable[[str], bool] = _nothing_behind,
+        polled_since: Callable[[str, int], bool] = _always_polled,
     ) -> bool:
-        return bool(self.heap) and self._head_ready(now_ms, behind)
+        return bool(self.heap) and self._head_ready(now_ms, behind, polled_since)
 
     def release(
         self,
@@ -116,17 +142,19 @@ class PartitionOrder(Generic[Item]):
         *,
         until_ms: int | None = None,
         behind: Callable[[str], bool] = _nothing_behind,
+        polled_since: Callable[[str, int], bool] = _always_polled,
     ) -> Released[Item]:
         """Pop, in event-time order, every record whose turn has come; with `until_ms`, also
         every record at or before it (an explicit clock move says that time has passed).
-        `behind(topic)`: the broker holds records of that topic not received yet."""
+        `behind(topic)`: the broker holds records of that topic not received yet.
+        `polled_since(topic, ms)`: the consumer has had a fetch answer for it since `ms`."""
         out: Released[Item] = Released([])
         while self.heap:
             if len(self.heap) > self.max_held:
                 out.forced += 1
             elif not (
                 until_ms is not None and self.heap[0].occurred_ms <= until_ms
-            ) and not self._head_ready(now_ms, behind):
+            ) and not self._head_ready(now_ms, behind, polled_since):
                 break
             out.items.append(heapq.heappop(self.heap).item)
         return out

@@ -204,3 +204,43 @@ def test_a_high_water_mark_that_never_fills_gives_way_in_the_end() -> None:
     give_up = BEHIND_GIVE_UP * IDLE_MS
     assert held.release(NOW + give_up - 1, behind=always).items == []
     assert held.release(NOW + give_up, behind=always).items == [("purchases", 0)]
+
+
+def test_after_a_pause_a_quiet_topic_waits_for_a_fetch_of_it() -> None:
+    """Every topic idle, then a purchase arrives: the other topics' last high-water marks
+    predate it, and their records published with it may be on their way (the chunked replay of
+    the determinism test folded 3 engagement events late this way, 2026-12-07). The purchase
+    waits until each quiet topic has been fetched since it arrived; then it goes."""
+    held = order()
+    resumed = NOW + 5 * IDLE_MS  # a pause: every topic idle for 5 idle periods
+    held.hold("purchases", 10, 0, ("purchases", 0), resumed)
+    polls = dict.fromkeys(TOPICS, NOW)  # last fetch answer per topic: before the purchase
+
+    def polled_since(topic: str, since_ms: int) -> bool:
+        return polls[topic] >= since_ms
+
+    assert not held.release_possible(resumed + 1, polled_since=polled_since)
+    assert held.release(resumed + 1, polled_since=polled_since).items == []
+    # A fetch answer for the engagement topics came back, with a record of an earlier time.
+    for topic in TOPICS:
+        polls[topic] = resumed + 50
+    held.hold("email-opens", 4, 0, ("email-opens", 0), resumed + 50)
+    assert held.release(resumed + 60, polled_since=polled_since).items == [("email-opens", 0)]
+    # The purchase then waits for email-opens to go quiet, as any record does.
+    later = resumed + 50 + IDLE_MS
+    assert held.release(later, polled_since=polled_since).items == [("purchases", 0)]
+
+
+def test_without_a_pause_the_fetch_check_costs_nothing() -> None:
+    """Live traffic on one topic: the first record after the pause waits for a fetch of the
+    others; later records arrive while the partition is busy (not after a pause), and the
+    others' fetch answers since then suffice, so each goes as soon as the others are quiet."""
+    held = order()
+    start = NOW + 5 * IDLE_MS
+    held.hold("purchases", 10, 0, ("purchases", 0), start)
+    polls = dict.fromkeys(TOPICS, start + 5)  # the next fetch answer, 5 ms later
+    polled_since = lambda topic, since_ms: polls[topic] >= since_ms  # noqa: E731
+    assert held.release(start + 5, polled_since=polled_since).items == [("purchases", 0)]
+    held.hold("purchases", 11, 1, ("purchases", 1), start + 20)
+    assert held.resumed_ms == start  # the partition was not idle: no new pause
+    assert held.release(start + 20, polled_since=polled_since).items == [("purchases", 1)]
