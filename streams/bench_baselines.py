@@ -368,8 +368,9 @@ def _register_fetch_core(
     # In memory: values are handed over as they are, no codec (faust.Channel.prepare_value).
     fetches = app.channel()
     # The channel's queue holds up to stream_buffer_maxsize events, here fetches of up to
-    # BATCH_EVENTS records each: unbounded, the task read the whole workload into memory ahead of
-    # the agent (peak RSS 308 MiB against 176 for the micro-batched prototype, bench of 07:40).
+    # BATCH_EVENTS records each, so without a bound the task could read far ahead of the agent.
+    # The bound did not change the peak RSS (308 MiB before, 307 after, against ~180 for the
+    # micro-batched prototype; benches of 2026-12-07): that excess is not this queue.
     in_flight = asyncio.Semaphore(FETCHES_IN_FLIGHT)
 
     async def fetch() -> None:

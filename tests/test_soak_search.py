@@ -1,8 +1,9 @@
 """The soak calibration's probe search (`tests.test_soak.search_maximum`) against a simulated
 worker whose live maximum is a given share of the burst's estimate: the search must end with a
 sustained rate within one step of that maximum, over the range of shares seen on this machine
-(0.64-1.05 of the burst) and beyond. The CI run of 2026-12-07 failed because the search of
-that time (five probes from 1.0 of the burst) could not walk down to a maximum below 0.64."""
+(from below 0.64 to 1.05 of the burst) and beyond. The CI run of 2026-12-07 failed because the
+search of that time (five probes from 1.0 of the burst) could not walk down to a maximum below
+0.64."""
 
 from __future__ import annotations
 
