@@ -56,6 +56,7 @@ class Runtime:
     retier: dict[int, list[str]] = field(default_factory=dict)
     shadow_rules: Rules | None = None
     processor: Any = None
+    read_model: Any = None  # agents.readmodel.ProfileFeed
     redis: Any = None
     # Profile updates this worker published and wrote to Redis: their difference is the read
     # model's backlog (Redis down or slow), which a gauge reports and tests wait on.
@@ -106,20 +107,23 @@ class Runtime:
         return self.backfill_policy if cause == "backfill" else self.policy
 
 
+def _ssl_context(settings: Settings) -> ssl.SSLContext:
+    context = ssl.create_default_context(
+        cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None
+    )
+    if settings.kafka_ssl_certfile:
+        context.load_cert_chain(
+            str(settings.kafka_ssl_certfile),
+            str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None,
+        )
+    return context
+
+
 def _credentials(settings: Settings) -> Any:
     protocol = settings.kafka_security_protocol
     if protocol == "PLAINTEXT":
         return None
-    context = None
-    if protocol.endswith("SSL"):
-        context = ssl.create_default_context(
-            cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None
-        )
-        if settings.kafka_ssl_certfile:
-            context.load_cert_chain(
-                str(settings.kafka_ssl_certfile),
-                str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None,
-            )
+    context = _ssl_context(settings) if protocol.endswith("SSL") else None
     if protocol.startswith("SASL"):
         mechanism = settings.kafka_sasl_mechanism or "PLAIN"
         if mechanism == "PLAIN":
@@ -135,6 +139,25 @@ def _credentials(settings: Settings) -> Any:
             ssl_context=context,
         )
     return faust.SSLCredentials(context)
+
+
+def aiokafka_security(settings: Settings) -> dict[str, Any]:
+    """The broker security settings as aiokafka client arguments, for the clients the worker
+    runs beside Faust's (the read model's profile feed): the same protocol, CA, client
+    certificate and SASL login as `_credentials` gives Faust."""
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return {}
+    kwargs: dict[str, Any] = {"security_protocol": protocol}
+    if protocol.endswith("SSL"):
+        kwargs["ssl_context"] = _ssl_context(settings)
+    if protocol.startswith("SASL"):
+        kwargs.update(
+            sasl_mechanism=settings.kafka_sasl_mechanism or "PLAIN",
+            sasl_plain_username=settings.kafka_sasl_username,
+            sasl_plain_password=settings.kafka_sasl_password.value,
+        )
+    return kwargs
 
 
 def faust_settings(settings: Settings) -> dict[str, Any]:
@@ -256,7 +279,7 @@ def create_app(settings: Settings, *, rules: Rules | None = None) -> tuple[faust
     if settings.shadow_rules_path is not None:
         runtime.shadow_rules = load_rules(settings.shadow_rules_path)
     register_segment_agent(runtime)
-    register_readmodel_agent(runtime)
+    runtime.read_model = register_readmodel_agent(runtime)
     register_views(runtime)
     register_shadow_view(runtime)
     register_model_refits(runtime)

@@ -945,7 +945,7 @@ def run(
                 f"{pipeline['seconds']:.1f}s (segment agent done after "
                 f"{pipeline['consumed_seconds']:.1f}s, then the Redis backlog drained)"
             )
-            # The read-model agent's batch window: let its last batch land.
+            # The read model's fetch window: let its last batch land.
             time.sleep(1.5)
             worker.wait_for(
                 caught_up,

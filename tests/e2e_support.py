@@ -100,13 +100,13 @@ def wait_consumed(
         timeout=timeout,
         what=f"{total:.0f} events consumed and written to Redis",
     )
-    # The profile of the last event may still sit in the read-model agent's batch window.
+    # The profile of the last event may still sit in the read model's fetch window.
     settle(worker)
     return worker.metrics()
 
 
 def settle(worker: WorkerProcess, seconds: float = 1.5) -> None:
-    """Let the read-model agent's batch window pass."""
+    """Let the read model's fetch window pass."""
     time.sleep(seconds)
     worker.wait_for(
         lambda m: caught_up(m), timeout=60, what="Redis backlog 0"

@@ -22,8 +22,9 @@ import itertools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from unittest.mock import AsyncMock
 
@@ -31,6 +32,7 @@ import faust
 import orjson
 import pytest
 import redis.asyncio as aioredis
+from aiokafka import TopicPartition
 from faust.types import Message
 from redis.exceptions import RedisError
 
@@ -49,7 +51,6 @@ from streams.partitioning import partition_for
 from streams.settings import Settings, load_settings
 
 SEGMENT = "tierstream.segment"
-READMODEL = "tierstream.readmodel"
 PARTITIONS = 4
 # Upper bound on waiting for a record to be processed, so that a bug hangs no run. Not a
 # performance threshold: a healthy run waits micro- to milliseconds.
@@ -819,17 +820,36 @@ async def members(client: aioredis.Redis, key: str) -> set[str]:
 
 @dataclass
 class ReadModelHarness:
-    runtime: Runtime
-    agent: Any  # faust AgentTestWrapper
+    """Drives the read model's feed as its consumer loop does, one fetch at a time, with the
+    records a fetch of partition 0 of the profiles topic would hold."""
 
-    async def put(self, customer_id: str, profile: dict[str, Any] | None) -> None:
+    runtime: Runtime
+    feed: readmodel_agent.ProfileFeed
+    pending: list[Any] = field(default_factory=list)
+    offset: int = 0
+
+    def __post_init__(self) -> None:
+        self.feed.owned = {0}
+
+    def put(self, customer_id: str, profile: dict[str, Any] | None) -> None:
         value = orjson.dumps(profile) if profile is not None else None
         # What the segment agent does when it publishes a profile: the backlog counts it.
         self.runtime.profiles_sent += 1
-        await self.agent.put(value, key=customer_id.encode())
+        self.pending.append(
+            SimpleNamespace(key=customer_id.encode(), value=value, offset=self.offset)
+        )
+        self.offset += 1
+
+    def write(self) -> asyncio.Task[None]:
+        """Write what was put since the last write, as one fetch."""
+        fetched = {TopicPartition(names.PROFILES, 0): self.pending}
+        self.pending = []
+        return asyncio.create_task(self.feed.write_fetch(fetched))
 
     async def written(self, customer_id: str, profile: dict[str, Any]) -> None:
-        """Wait until `profile` is in Redis and nothing is left to write."""
+        """Write the fetch and wait until `profile` is in Redis and nothing is left to write."""
+        if self.pending:
+            await asyncio.wait_for(self.write(), timeout=GUARD_SECONDS)
         rt = self.runtime
 
         async def done() -> bool:
@@ -844,7 +864,20 @@ class ReadModelHarness:
 
 async def _readmodel(settings: Settings, rules: Rules | None = None) -> tuple[Runtime, Any]:
     _, runtime = create_app(settings, rules=rules)
-    return runtime, runtime.app.agents[READMODEL]
+    return runtime, runtime.read_model
+
+
+def test_latest_profiles_keeps_each_customers_last_record_and_skips_keyless_ones() -> None:
+    a1, a2, b = {"customer_id": "a", "n": 1}, {"customer_id": "a", "n": 2}, {"customer_id": "b"}
+    records = [
+        (b"a", orjson.dumps(a1)),
+        (b"b", orjson.dumps(b)),
+        (None, orjson.dumps(b)),
+        (b"a", orjson.dumps(a2)),
+        (b"b", None),
+    ]
+    assert readmodel_agent.latest_profiles(records) == {"a": a2, "b": None}
+    assert readmodel_agent.latest_profiles([]) == {}
 
 
 async def test_readmodel_writes_latest_profile_per_customer_and_memberships(
@@ -859,20 +892,18 @@ async def test_readmodel_writes_latest_profile_per_customer_and_memberships(
     newcomer = core_profile(rt.rules, "c3", ("70", t0 + 395 * day))
     assert big["tier"] != smaller["tier"] or big["stage"] != smaller["stage"]
     try:
-        async with agent.test_context() as tested:
-            model = ReadModelHarness(rt, tested)
-            await model.put("c1", big)
-            await model.put("c2", once)
-            await model.written("c2", once)
-            assert await readmodel.read_profile(rt.redis, "c1") == big
+        model = ReadModelHarness(rt, agent)
+        model.put("c1", big)
+        model.put("c2", once)
+        await model.written("c2", once)
+        assert await readmodel.read_profile(rt.redis, "c1") == big
 
-            # A second batch: two updates of c1 (the last wins), c2 erased, c3 new.
-            await model.put("c1", big)
-            await model.put("c1", smaller)
-            await model.put("c2", None)
-            await model.put("c3", newcomer)
-            await model.written("c3", newcomer)
-            assert not tested.crashed
+        # A second fetch: two updates of c1 (the last wins), c2 erased, c3 new.
+        model.put("c1", big)
+        model.put("c1", smaller)
+        model.put("c2", None)
+        model.put("c3", newcomer)
+        await model.written("c3", newcomer)
 
         assert await readmodel.read_profile(rt.redis, "c1") == smaller
         assert await readmodel.read_profile(rt.redis, "c2") is None
@@ -932,22 +963,49 @@ async def test_readmodel_agent_lags_while_redis_is_down_then_catches_up(
     refused = rt.redis
     first = core_profile(rt.rules, "c-down", ("80", wall_ms() - 2 * DAY_MS))
     try:
-        async with agent.test_context() as tested:
-            model = ReadModelHarness(rt, tested)
-            await model.put("c-down", first)
+        model = ReadModelHarness(rt, agent)
+        model.put("c-down", first)
+        writing = model.write()
 
-            async def failing() -> bool:
-                return (metric(rt, "tierstream_redis_write_failures_total") or 0) >= 1
+        async def failing() -> bool:
+            return (metric(rt, "tierstream_redis_write_failures_total") or 0) >= 1
 
-            await eventually(failing)
-            assert metric(rt, "tierstream_redis_backlog") == 1
-            assert not tested.crashed
+        await eventually(failing)
+        assert metric(rt, "tierstream_redis_backlog") == 1
+        assert not writing.done()
 
-            rt.redis = readmodel.connect(redis_url)
-            await model.written("c-down", first)
-            assert not tested.crashed
+        rt.redis = readmodel.connect(redis_url)
+        await asyncio.wait_for(writing, timeout=GUARD_SECONDS)
+        await model.written("c-down", first)
     finally:
         await refused.aclose()
+        await rt.redis.aclose()
+
+
+async def test_a_revoke_abandons_a_write_retrying_against_a_redis_that_is_down(
+    tmp_path: Path,
+) -> None:
+    """The partition's next owner writes its profiles from the last committed offset; this
+    worker must not write them later (older snapshots over newer ones), nor hold the
+    rebalance while Redis is down."""
+    rt, feed = await _readmodel(make_settings(tmp_path, closed_redis_url()))
+    try:
+        model = ReadModelHarness(rt, feed)
+        model.put("c-moved", core_profile(rt.rules, "c-moved", ("80", wall_ms() - DAY_MS)))
+        writing = model.write()
+
+        async def failing() -> bool:
+            return (metric(rt, "tierstream_redis_write_failures_total") or 0) >= 1
+
+        await eventually(failing)
+        assert metric(rt, "tierstream_redis_backlog") == 1
+
+        await asyncio.wait_for(feed.revoke({0}), timeout=GUARD_SECONDS)
+        await asyncio.wait_for(writing, timeout=GUARD_SECONDS)
+        assert feed.owned == set()
+        # Not this worker's to write any more: it leaves this worker's backlog.
+        assert metric(rt, "tierstream_redis_backlog") == 0
+    finally:
         await rt.redis.aclose()
 
 
@@ -974,12 +1032,11 @@ async def test_readmodel_memberships_follow_custom_tier_names(
     assert gold["tier"] == "gold"
     silver = {**gold, "tier": "silver"}  # e.g. after a refund or a rules change
     try:
-        async with agent.test_context() as tested:
-            model = ReadModelHarness(rt, tested)
-            await model.put("c-g", gold)
-            await model.written("c-g", gold)
-            await model.put("c-g", silver)
-            await model.written("c-g", silver)
+        model = ReadModelHarness(rt, agent)
+        model.put("c-g", gold)
+        await model.written("c-g", gold)
+        model.put("c-g", silver)
+        await model.written("c-g", silver)
         assert await members(rt.redis, readmodel.tier_key("gold")) == set()
         assert await members(rt.redis, readmodel.tier_key("silver")) == {"c-g"}
     finally:
