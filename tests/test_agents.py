@@ -20,6 +20,7 @@ import asyncio
 import base64
 import itertools
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ import faust
 import orjson
 import pytest
 import redis.asyncio as aioredis
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from faust.types import Message
 from redis.exceptions import RedisError
 
@@ -47,6 +48,7 @@ from segmentation.timeutil import DAY_MS, parse_rfc3339, to_rfc3339
 from streams import readmodel
 from streams import topics as names
 from streams.app import Runtime, create_app
+from streams.embedded import EmbeddedStack, create_topics
 from streams.partitioning import partition_for
 from streams.settings import Settings, load_settings
 
@@ -979,6 +981,80 @@ async def test_readmodel_agent_lags_while_redis_is_down_then_catches_up(
         await model.written("c-down", first)
     finally:
         await refused.aclose()
+        await rt.redis.aclose()
+
+
+async def test_the_feed_writes_its_partitions_and_commits_what_it_wrote(
+    tmp_path: Path, embedded_stack: EmbeddedStack, redis_url: str
+) -> None:
+    """Through the embedded broker: the feed writes the profiles of the partitions it owns
+    (the last one per customer), not the others', and commits after the write, so a consumer
+    of the same group that takes the partition over starts after what was written."""
+    suffix = uuid.uuid4().hex[:8]
+    settings = make_settings(
+        tmp_path,
+        redis_url,
+        TIERSTREAM_BROKER=embedded_stack.broker_url,
+        TIERSTREAM_APP_ID=f"feed-test-{suffix}",
+    )
+    rt, feed = await _readmodel(settings)
+    await create_topics(embedded_stack.bootstrap, [names.PROFILES], PARTITIONS)
+    t0 = wall_ms() - 30 * DAY_MS
+    first = core_profile(rt.rules, f"a-{suffix}", ("40", t0))
+    latest = core_profile(rt.rules, f"a-{suffix}", ("40", t0), ("900", t0 + DAY_MS))
+    other = core_profile(rt.rules, f"b-{suffix}", ("70", t0))
+    elsewhere = core_profile(rt.rules, f"x-{suffix}", ("70", t0))
+    later = core_profile(rt.rules, f"c-{suffix}", ("55", t0))
+    producer = AIOKafkaProducer(bootstrap_servers=embedded_stack.bootstrap)
+    await producer.start()
+
+    async def publish(partition: int, *profiles: dict[str, Any]) -> int:
+        offset = -1
+        for profile in profiles:
+            meta = await producer.send_and_wait(
+                names.PROFILES,
+                orjson.dumps(profile),
+                key=profile["customer_id"].encode(),
+                partition=partition,
+            )
+            offset = meta.offset
+        return offset
+
+    async def feed_until(consumer: Any, profile: dict[str, Any]) -> None:
+        async def stored() -> bool:
+            await feed.step(consumer)
+            return await readmodel.read_profile(rt.redis, profile["customer_id"]) == profile
+
+        await eventually(stored)
+
+    p0 = TopicPartition(names.PROFILES, 0)
+    feed.wanted = lambda: {0}  # type: ignore[method-assign]
+    consumer = feed.consumer = feed.make_consumer()
+    await consumer.start()
+    try:
+        end = await publish(0, first, other, latest)
+        await publish(1, elsewhere)
+        await feed_until(consumer, latest)
+        assert await readmodel.read_profile(rt.redis, other["customer_id"]) == other
+        assert await readmodel.read_profile(rt.redis, elsewhere["customer_id"]) is None
+        assert await consumer.committed(p0) == end + 1
+    finally:
+        await consumer.stop()
+
+    # The partition's next owner (another worker's feed, same group) starts after the commit.
+    await rt.redis.delete(readmodel.customer_key(other["customer_id"]))
+    consumer = feed.consumer = feed.make_consumer()
+    await consumer.start()
+    try:
+        feed.assigned = set()
+        end = await publish(0, later)
+        await feed_until(consumer, later)
+        assert await consumer.committed(p0) == end + 1
+        # What was written before the takeover is not read again.
+        assert await readmodel.read_profile(rt.redis, other["customer_id"]) is None
+    finally:
+        await consumer.stop()
+        await producer.stop()
         await rt.redis.aclose()
 
 
