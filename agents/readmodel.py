@@ -44,7 +44,7 @@ INPUT_SET = frozenset(INPUT_TOPICS)
 
 async def write_with_retry(
     runtime: Runtime,
-    batch: dict[str, dict[str, Any] | None],
+    batch: dict[str, readmodel.Profile],
     updates: int,
     *,
     lock: asyncio.Lock | None = None,
@@ -140,15 +140,25 @@ class ReadModelRepair:
             log.warning("Redis lost its data again while partition %d was rebuilt", partition)
 
 
-def latest_profiles(
-    records: Iterable[tuple[bytes | None, bytes | None]],
-) -> dict[str, dict[str, Any] | None]:
-    """The last profile of each customer among `(key, value)` records, in their order (a value
-    of None: the customer was erased). Records without a key are skipped."""
-    latest: dict[str, dict[str, Any] | None] = {}
-    for key, value in records:
-        if key:
-            latest[key.decode("utf-8", "replace")] = orjson.loads(value) if value else None
+def latest_profiles(records: Iterable[Any]) -> dict[str, readmodel.Profile]:
+    """The last profile of each customer among the records (`key`, `value`, `headers`), in
+    their order (a value of None: the customer was erased). A record with the tier and stage
+    headers (the segment agent sets them) is kept as published, undecoded; one without them
+    (published before they existed) is decoded. Records without a key are skipped."""
+    latest: dict[str, readmodel.Profile] = {}
+    for record in records:
+        key, value = record.key, record.value
+        if not key:
+            continue
+        profile: readmodel.Profile = None
+        if value:
+            found = dict(record.headers or ())
+            tier, stage = found.get(names.TIER_HEADER), found.get(names.STAGE_HEADER)
+            if tier is not None and stage is not None:
+                profile = readmodel.EncodedProfile(tier.decode(), stage.decode(), value)
+            else:
+                profile = orjson.loads(value)
+        latest[key.decode("utf-8", "replace")] = profile
     return latest
 
 
@@ -247,7 +257,7 @@ class ProfileFeed:
     async def write_fetch(self, fetched: dict[Any, list[Any]]) -> None:
         """Write one fetch to Redis, then commit its offsets."""
         parts = {tp.partition for tp in fetched}
-        records = [(r.key, r.value) for rs in fetched.values() for r in rs]
+        records = [r for rs in fetched.values() for r in rs]
         written = await write_with_retry(
             self.rt,
             latest_profiles(records),

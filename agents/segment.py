@@ -165,10 +165,23 @@ class SegmentProcessor:
         self.rt.profiles_pending -= len(batch)
         for key, step in batch.items():
             profile = step.profile if step is not None else None
-            value = dumps(profile) if profile is not None else None
+            value = headers = None
+            if profile is not None:
+                value = dumps(profile)
+                headers = [
+                    (names.TIER_HEADER, profile["tier"].encode()),
+                    (names.STAGE_HEADER, profile["stage"].encode()),
+                ]
             # The profiles topic is co-partitioned with the inputs (the read model relies on
             # it), so the partition is known: no key hashing in the producer's partitioner.
-            await self.send(partition, names.PROFILES, key=key, value=value, partition=partition)
+            await self.send(
+                partition,
+                names.PROFILES,
+                key=key,
+                value=value,
+                partition=partition,
+                headers=headers,
+            )
             self.rt.profiles_sent += 1
 
     async def send(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Mapping
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import orjson
 import redis.asyncio as aioredis
@@ -104,8 +104,21 @@ return #ARGV
 """
 
 
+class EncodedProfile(NamedTuple):
+    """A profile as published (its JSON bytes), with its tier and stage: written to Redis as
+    it is, without decoding and encoding it again."""
+
+    tier: str
+    stage: str
+    doc: bytes
+
+
+#: A customer's latest profile for `write_batch`: decoded, encoded, or None (erased).
+Profile = dict[str, Any] | EncodedProfile | None
+
+
 def write_batch_args(
-    profiles: Mapping[str, dict[str, Any] | None],
+    profiles: Mapping[str, Profile],
     tiers: Iterable[str] = TIERS,
     stages: Iterable[str] = STAGES,
 ) -> list[str | bytes]:
@@ -116,6 +129,8 @@ def write_batch_args(
     for customer_id, profile in profiles.items():
         if profile is None:
             args += (customer_id, "", "", "")
+        elif isinstance(profile, EncodedProfile):
+            args += (customer_id, profile.tier, profile.stage, profile.doc)
         else:
             args += (customer_id, profile["tier"], profile["stage"], dumps(profile))
     return args
@@ -123,7 +138,7 @@ def write_batch_args(
 
 async def write_batch(
     client: aioredis.Redis,
-    profiles: Mapping[str, dict[str, Any] | None],
+    profiles: Mapping[str, Profile],
     tiers: Iterable[str] = TIERS,
     stages: Iterable[str] = STAGES,
 ) -> None:

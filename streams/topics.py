@@ -24,3 +24,7 @@ ALL_TOPICS: Final = (*INPUT_TOPICS, *OUTPUT_TOPICS, *INTERNAL_TOPICS)
 FORWARDED_HEADER: Final = "tierstream-forwarded-from"
 # Header set by `tierstream replay`: changes caused by it carry cause=backfill.
 BACKFILL_HEADER: Final = "tierstream-backfill"
+# Headers of a profile record: its tier and stage, so the read model can file the profile's
+# bytes in Redis without decoding them.
+TIER_HEADER: Final = "tierstream-tier"
+STAGE_HEADER: Final = "tierstream-stage"

@@ -645,6 +645,13 @@ async def test_one_profile_per_customer_per_write_batch(tmp_path: Path) -> None:
         latest = {key: doc for key, doc in profiles}
         assert latest[a.encode()]["rfm"]["frequency"] == 3
         assert rt.profiles_pending == 0
+        # Each carries its tier and stage as headers (the read model files it undecoded).
+        for call in segment.sends[names.PROFILES].await_args_list:
+            doc = orjson.loads(call.kwargs["value"])
+            assert call.kwargs["headers"] == [
+                (names.TIER_HEADER, doc["tier"].encode()),
+                (names.STAGE_HEADER, doc["stage"].encode()),
+            ]
 
 
 async def test_state_waits_for_its_outputs_to_be_delivered(segment: SegmentHarness) -> None:
@@ -837,8 +844,18 @@ class ReadModelHarness:
         value = orjson.dumps(profile) if profile is not None else None
         # What the segment agent does when it publishes a profile: the backlog counts it.
         self.runtime.profiles_sent += 1
+        # Every other record with the headers the segment agent sets (the undecoded path),
+        # the others without (records published before the headers existed).
+        headers = []
+        if profile is not None and self.offset % 2:
+            headers = [
+                (names.TIER_HEADER, profile["tier"].encode()),
+                (names.STAGE_HEADER, profile["stage"].encode()),
+            ]
         self.pending.append(
-            SimpleNamespace(key=customer_id.encode(), value=value, offset=self.offset)
+            SimpleNamespace(
+                key=customer_id.encode(), value=value, headers=headers, offset=self.offset
+            )
         )
         self.offset += 1
 
@@ -869,17 +886,35 @@ async def _readmodel(settings: Settings, rules: Rules | None = None) -> tuple[Ru
     return runtime, runtime.read_model
 
 
+def _record(key: bytes | None, value: bytes | None, headers: Any = ()) -> Any:
+    return SimpleNamespace(key=key, value=value, headers=headers)
+
+
 def test_latest_profiles_keeps_each_customers_last_record_and_skips_keyless_ones() -> None:
     a1, a2, b = {"customer_id": "a", "n": 1}, {"customer_id": "a", "n": 2}, {"customer_id": "b"}
     records = [
-        (b"a", orjson.dumps(a1)),
-        (b"b", orjson.dumps(b)),
-        (None, orjson.dumps(b)),
-        (b"a", orjson.dumps(a2)),
-        (b"b", None),
+        _record(b"a", orjson.dumps(a1)),
+        _record(b"b", orjson.dumps(b)),
+        _record(None, orjson.dumps(b)),
+        _record(b"a", orjson.dumps(a2)),
+        _record(b"b", None),
     ]
     assert readmodel_agent.latest_profiles(records) == {"a": a2, "b": None}
     assert readmodel_agent.latest_profiles([]) == {}
+
+
+def test_latest_profiles_keeps_a_profile_with_tier_and_stage_headers_undecoded() -> None:
+    doc = orjson.dumps({"customer_id": "a", "tier": "vip", "stage": "active"})
+    headers = [(names.TIER_HEADER, b"vip"), (names.STAGE_HEADER, b"active")]
+    partial = [(names.TIER_HEADER, b"vip")]  # both are needed: decoded otherwise
+    assert readmodel_agent.latest_profiles([_record(b"a", doc, headers)]) == {
+        "a": readmodel.EncodedProfile("vip", "active", doc)
+    }
+    assert readmodel_agent.latest_profiles([_record(b"a", doc, partial)]) == {
+        "a": orjson.loads(doc)
+    }
+    # Erased: no value, whatever the headers.
+    assert readmodel_agent.latest_profiles([_record(b"a", None, headers)]) == {"a": None}
 
 
 async def test_readmodel_writes_latest_profile_per_customer_and_memberships(
@@ -1016,6 +1051,10 @@ async def test_the_feed_writes_its_partitions_and_commits_what_it_wrote(
                 orjson.dumps(profile),
                 key=profile["customer_id"].encode(),
                 partition=partition,
+                headers=[
+                    (names.TIER_HEADER, profile["tier"].encode()),
+                    (names.STAGE_HEADER, profile["stage"].encode()),
+                ],
             )
             offset = meta.offset
         return offset
