@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
-from streams.bench import compare_profiles, render_table, run_bench
+from streams.bench import compare_profiles, rate_by_fifth, render_table, run_bench
 from streams.bench_workload import EVENT_TOPICS, generate, percentile
 from streams.embedded import MissingDependency, _redis_server_binary
 
@@ -190,3 +190,15 @@ def test_the_prototypes_fold_matches_the_pure_core_per_customer(
         assert core.table.data[key] == state.to_bytes(), key
     last_logged = {k: v for _p, k, v in logged}
     assert last_logged == dict(core.table.data)
+
+
+def test_rate_by_fifth_reads_the_rate_of_each_fifth_of_the_input_from_the_samples() -> None:
+    # Nothing until t=1, then 100 events/s for the first half and 50/s for the rest.
+    steady = [(0.0, 0.0), (1.0, 0.0)] + [(1.0 + i, 100.0 * i) for i in range(1, 6)]
+    assert rate_by_fifth(steady, 500) == pytest.approx([100.0] * 5)
+    slowing = [(0.0, 0.0), (2.0, 0.0), (3.0, 100.0), (4.0, 200.0), (5.0, 250.0)]
+    slowing += [(6.0, 300.0), (7.0, 350.0), (8.0, 400.0), (9.0, 450.0), (10.0, 500.0)]
+    assert rate_by_fifth(slowing, 500) == pytest.approx([100.0, 100.0, 50.0, 50.0, 50.0])
+    # A fifth the samples never reach (a run cut short) has no rate.
+    assert rate_by_fifth(slowing[:6], 500) == pytest.approx([100.0, 100.0, 50.0, None, None])
+    assert rate_by_fifth([], 500) == [None] * 5
