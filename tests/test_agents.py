@@ -1097,6 +1097,23 @@ async def test_the_feed_writes_its_partitions_and_commits_what_it_wrote(
         await rt.redis.aclose()
 
 
+def test_the_feed_follows_the_input_partitions_faust_assigned_to_the_worker() -> None:
+    """Not the table's standby partitions (another worker folds those), and during a rebalance
+    only what it owned and was not revoked."""
+    assigned = {
+        TopicPartition(PURCHASES, 1),
+        TopicPartition(names.TICKS, 1),
+        TopicPartition("email-opens", 2),
+        TopicPartition("tierstream-customers-changelog", 3),  # a standby replica
+    }
+    app = SimpleNamespace(rebalancing=False, consumer=SimpleNamespace(assignment=lambda: assigned))
+    feed = readmodel_agent.ProfileFeed(SimpleNamespace(app=app), asyncio.Lock())  # type: ignore[arg-type]
+    assert feed.wanted() == {1, 2}
+    feed.owned = {1}
+    app.rebalancing = True
+    assert feed.wanted() == {1}
+
+
 async def test_a_revoke_abandons_a_write_retrying_against_a_redis_that_is_down(
     tmp_path: Path,
 ) -> None:
