@@ -143,21 +143,12 @@ def _credentials(settings: Settings) -> Any:
 
 def aiokafka_security(settings: Settings) -> dict[str, Any]:
     """The broker security settings as aiokafka client arguments, for the clients the worker
-    runs beside Faust's (the read model's profile feed): the same protocol, CA, client
-    certificate and SASL login as `_credentials` gives Faust."""
-    protocol = settings.kafka_security_protocol
-    if protocol == "PLAINTEXT":
-        return {}
-    kwargs: dict[str, Any] = {"security_protocol": protocol}
-    if protocol.endswith("SSL"):
-        kwargs["ssl_context"] = _ssl_context(settings)
-    if protocol.startswith("SASL"):
-        kwargs.update(
-            sasl_mechanism=settings.kafka_sasl_mechanism or "PLAIN",
-            sasl_plain_username=settings.kafka_sasl_username,
-            sasl_plain_password=settings.kafka_sasl_password.value,
-        )
-    return kwargs
+    runs beside Faust's (the read model's feed): what Faust itself gives its aiokafka clients
+    from the same credentials."""
+    from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
+
+    credentials = _credentials(settings)
+    return dict(credentials_to_aiokafka_auth(credentials)) if credentials is not None else {}
 
 
 def faust_settings(settings: Settings) -> dict[str, Any]:

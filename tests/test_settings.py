@@ -21,7 +21,7 @@ from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from faust.types.auth import AuthProtocol, SASLMechanism
 
 from streams import readmodel
-from streams.app import create_app, faust_settings
+from streams.app import aiokafka_security, create_app, faust_settings
 from streams.settings import ConfigError, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -360,6 +360,12 @@ def test_sasl_ssl_is_passed_through_to_faust_and_aiokafka(
     assert auth["sasl_plain_password"] == SASL_PASSWORD
     assert auth["ssl_context"] is context
     assert SASL_PASSWORD not in repr(credentials)
+    # The read model's own consumer gets the same (its TLS context built the same way).
+    own = aiokafka_security(s)
+    assert {k: v for k, v in own.items() if k != "ssl_context"} == {
+        k: v for k, v in auth.items() if k != "ssl_context"
+    }
+    assert own["ssl_context"].verify_mode == ssl.CERT_REQUIRED
 
 
 def test_sasl_plaintext_has_no_tls_and_is_warned_about(tmp_path: Path) -> None:
@@ -403,6 +409,9 @@ def test_ssl_with_the_system_trust_store(tmp_path: Path) -> None:
     credentials = faust_settings(s)["broker_credentials"]
     assert credentials_to_aiokafka_auth(credentials)["security_protocol"] == "SSL"
     assert credentials.context.verify_mode == ssl.CERT_REQUIRED
+    assert aiokafka_security(s)["security_protocol"] == "SSL"
+    # Plaintext: no security arguments at all (aiokafka's defaults).
+    assert aiokafka_security(load_settings(base(tmp_path))) == {}
 
 
 # -- Redis password and TLS reach the Redis client -----------------------------------------------
