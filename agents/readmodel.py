@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
 from segmentation.events import INPUT_TOPICS
@@ -79,6 +81,12 @@ async def write_with_retry(
             backoff = min(MAX_BACKOFF_SECONDS, backoff * 2)
 
 
+def input_partitions(app: Any) -> set[int]:
+    """The input partitions Faust assigned to this worker (its table's active partitions, and
+    the profile partitions it writes); not the standby replicas of other workers' tables."""
+    return {tp.partition for tp in app.consumer.assignment() if tp.topic in INPUT_SET}
+
+
 class ReadModelRepair:
     """Rebuilds, from the table, the partitions of the read model that Redis lost."""
 
@@ -92,7 +100,7 @@ class ReadModelRepair:
         app = self.rt.app
         if app.rebalancing or app.in_recovery:
             return set()
-        return {tp.partition for tp in app.consumer.assignment() if tp.topic in INPUT_SET}
+        return input_partitions(app)
 
     async def check(self) -> None:
         try:
@@ -198,11 +206,9 @@ class ProfileFeed:
         app = self.rt.app
         if app.rebalancing:
             return set(self.owned)
-        return {tp.partition for tp in app.consumer.assignment() if tp.topic in INPUT_SET}
+        return input_partitions(app)
 
-    def make_consumer(self) -> Any:
-        from aiokafka import AIOKafkaConsumer
-
+    def make_consumer(self) -> AIOKafkaConsumer:
         s = self.rt.settings
         assert s.broker is not None
         return AIOKafkaConsumer(
@@ -238,8 +244,6 @@ class ProfileFeed:
 
     async def step(self, consumer: Any) -> None:
         """Follow the assignment, then read one fetch and write it."""
-        from aiokafka import TopicPartition
-
         wanted = self.wanted()
         if wanted != self.assigned:
             # Positions restart from the committed offsets: at least once.
@@ -267,9 +271,6 @@ class ProfileFeed:
         )
         if not written or self.consumer is None:
             return
-        from aiokafka import TopicPartition
-        from aiokafka.errors import KafkaError
-
         offsets = {
             TopicPartition(tp.topic, tp.partition): rs[-1].offset + 1
             for tp, rs in fetched.items()

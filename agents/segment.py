@@ -33,6 +33,7 @@ from streams.app import Runtime
 from streams.deadletter import build_dead_letter, max_request_bytes
 from streams.ordering import InOrderAcks, PartitionOrder
 from streams.partitioning import partition_for
+from streams.readmodel import profile_headers
 from streams.writebehind import WriteBehind
 
 log = logging.getLogger("tierstream.segment")
@@ -77,6 +78,12 @@ def _header(headers: Any, name: str) -> bytes | None:
     return None
 
 
+def aiokafka_client(consumer: Any) -> Any:
+    """The aiokafka consumer under Faust's (its consumer thread owns it: plain attribute reads
+    only). Private to Faust: callers treat any error as "not reachable"."""
+    return consumer._thread._ensure_consumer()
+
+
 def fetched_not_received(consumer: Any, tp: TP, seen: int) -> bool:
     """Whether this worker's Kafka client holds records of `tp` after offset `seen` that have
     not reached the agent: drained from the client (its position is past them) but still in
@@ -90,7 +97,7 @@ def fetched_not_received(consumer: Any, tp: TP, seen: int) -> bool:
     is true there too. Reads the aiokafka client's state (Faust's consumer thread owns it:
     plain attribute reads), and says False where that is not reachable."""
     try:
-        client = consumer._thread._ensure_consumer()
+        client = aiokafka_client(consumer)
         state = client._subscription.subscription.assignment.state_value(tp)
         if state is not None and state.has_valid_position and state.position > seen + 1:
             return True
@@ -167,11 +174,7 @@ class SegmentProcessor:
             profile = step.profile if step is not None else None
             value = headers = None
             if profile is not None:
-                value = dumps(profile)
-                headers = [
-                    (names.TIER_HEADER, profile["tier"].encode()),
-                    (names.STAGE_HEADER, profile["stage"].encode()),
-                ]
+                value, headers = dumps(profile), profile_headers(profile)
             # The profiles topic is co-partitioned with the inputs (the read model relies on
             # it), so the partition is known: no key hashing in the producer's partitioner.
             await self.send(
@@ -408,8 +411,7 @@ class SegmentProcessor:
             if consumer is None:
                 return True
             try:
-                client = consumer._thread._ensure_consumer()
-                polled = client.last_poll_timestamp(TP(topic, partition))
+                polled = aiokafka_client(consumer).last_poll_timestamp(TP(topic, partition))
             except Exception:  # not assigned here, or no aiokafka client
                 return True
             return polled is None or polled >= since_ms

@@ -396,9 +396,9 @@ def rate_by_fifth(samples: Sequence[tuple[float, float]], expected: int) -> list
                 return t0 + (t1 - t0) * (n - c0) / (c1 - c0)
         return None
 
-    started = next((t for t, c in samples if c > 0), None)
     # Consumption starts between the last sample at 0 and the first above it.
-    before = [t for t, c in samples if c <= 0 and (started is None or t < started)]
+    before = [t for t, c in samples if c <= 0]
+    started = next((t for t, c in samples if c > 0), None)
     marks: list[float | None] = [before[-1] if before else started]
     marks += [crossed(expected * k / 5) for k in range(1, 6)]
     rates: list[float | None] = []

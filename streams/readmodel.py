@@ -25,6 +25,7 @@ from segmentation.jsonbytes import dumps
 from segmentation.lifecycle import STAGES
 from segmentation.rules import TIERS, Rules
 from segmentation.state import CustomerState
+from streams import topics as names
 from streams.partitioning import partition_for
 
 PREFIX: Final = "tierstream:"
@@ -115,6 +116,14 @@ class EncodedProfile(NamedTuple):
 
 #: A customer's latest profile for `write_batch`: decoded, encoded, or None (erased).
 Profile = dict[str, Any] | EncodedProfile | None
+
+
+def profile_headers(profile: Mapping[str, Any]) -> list[tuple[str, bytes]]:
+    """The headers a profile record carries, so the read model can file it undecoded."""
+    return [
+        (names.TIER_HEADER, profile["tier"].encode()),
+        (names.STAGE_HEADER, profile["stage"].encode()),
+    ]
 
 
 def write_batch_args(

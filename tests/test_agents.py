@@ -848,10 +848,7 @@ class ReadModelHarness:
         # the others without (records published before the headers existed).
         headers = []
         if profile is not None and self.offset % 2:
-            headers = [
-                (names.TIER_HEADER, profile["tier"].encode()),
-                (names.STAGE_HEADER, profile["stage"].encode()),
-            ]
+            headers = readmodel.profile_headers(profile)
         self.pending.append(
             SimpleNamespace(
                 key=customer_id.encode(), value=value, headers=headers, offset=self.offset
@@ -879,6 +876,15 @@ class ReadModelHarness:
             return stored == profile and metric(rt, "tierstream_redis_backlog") == 0
 
         await eventually(done)
+
+
+def redis_write_failed(rt: Runtime) -> Callable[[], Awaitable[bool]]:
+    """A predicate for `eventually`: the read model has failed a Redis write at least once."""
+
+    async def failed() -> bool:
+        return (metric(rt, "tierstream_redis_write_failures_total") or 0) >= 1
+
+    return failed
 
 
 async def _readmodel(settings: Settings, rules: Rules | None = None) -> tuple[Runtime, Any]:
@@ -973,11 +979,7 @@ async def test_write_with_retry_survives_redis_refusing_connections(
     rt.profiles_sent += 1  # as the segment agent counts a published profile
     writer = asyncio.create_task(readmodel_agent.write_with_retry(rt, {"c-retry": profile}, 1))
     try:
-
-        async def failed_once() -> bool:
-            return (metric(rt, "tierstream_redis_write_failures_total") or 0) >= 1
-
-        await eventually(failed_once)
+        await eventually(redis_write_failed(rt))
         assert not writer.done()
         assert metric(rt, "tierstream_redis_backlog") == 1
 
@@ -1004,10 +1006,7 @@ async def test_readmodel_agent_lags_while_redis_is_down_then_catches_up(
         model.put("c-down", first)
         writing = model.write()
 
-        async def failing() -> bool:
-            return (metric(rt, "tierstream_redis_write_failures_total") or 0) >= 1
-
-        await eventually(failing)
+        await eventually(redis_write_failed(rt))
         assert metric(rt, "tierstream_redis_backlog") == 1
         assert not writing.done()
 
@@ -1051,10 +1050,7 @@ async def test_the_feed_writes_its_partitions_and_commits_what_it_wrote(
                 orjson.dumps(profile),
                 key=profile["customer_id"].encode(),
                 partition=partition,
-                headers=[
-                    (names.TIER_HEADER, profile["tier"].encode()),
-                    (names.STAGE_HEADER, profile["stage"].encode()),
-                ],
+                headers=readmodel.profile_headers(profile),
             )
             offset = meta.offset
         return offset
@@ -1126,10 +1122,7 @@ async def test_a_revoke_abandons_a_write_retrying_against_a_redis_that_is_down(
         model.put("c-moved", core_profile(rt.rules, "c-moved", ("80", wall_ms() - DAY_MS)))
         writing = model.write()
 
-        async def failing() -> bool:
-            return (metric(rt, "tierstream_redis_write_failures_total") or 0) >= 1
-
-        await eventually(failing)
+        await eventually(redis_write_failed(rt))
         assert metric(rt, "tierstream_redis_backlog") == 1
 
         await asyncio.wait_for(feed.revoke({0}), timeout=GUARD_SECONDS)
