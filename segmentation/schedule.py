@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from functools import partial
 
 from segmentation.bgnbd import (
     BgNbdParams,
@@ -195,9 +196,14 @@ def engagement_due_ms(
     return best
 
 
-def p_alive_due_ms(ev: Evaluation, rules: Rules, params: BgNbdParams) -> list[int]:
+def p_alive_due_ms(
+    ev: Evaluation, rules: Rules, params: BgNbdParams, not_after: int | None = None
+) -> list[int]:
     """The next instants after the evaluation at which the rounded P(alive) (on whole days of T)
-    passes the churn level (a `<` comparison) or a number the rules compare it with."""
+    passes the churn level (a `<` comparison) or a number the rules compare it with. A level
+    not yet passed on the day of `not_after` (an earlier boundary of another kind) is passed
+    only after it: its crossing is not searched (one P(alive) instead of a search: the
+    searches were a fifth of the core's cost per re-evaluation, cProfile, 2026-12-07)."""
     f = ev.features
     first = ev.first_purchase_ms
     if first is None or f["x"] is None or f["p_alive"] is None:
@@ -211,6 +217,10 @@ def p_alive_due_ms(ev: Evaluation, rules: Rules, params: BgNbdParams) -> list[in
     def rounded(days: int) -> float:
         return round(churn_p_alive(x, t_x, float(max(days, int(t_x))), params), P_ALIVE_DECIMALS)
 
+    def crossed(days: int, lv: float, eq: bool) -> bool:
+        v = rounded(days)
+        return v <= lv if eq else v < lv
+
     out: list[int] = []
     for level, or_equal in flips:
         current = f["p_alive"]
@@ -219,16 +229,16 @@ def p_alive_due_ms(ev: Evaluation, rules: Rules, params: BgNbdParams) -> list[in
         target = level + _P_ALIVE_HALF if or_equal else level - _P_ALIVE_HALF
         if not 0.0 < target < 1.0:
             continue
+        if not_after is not None and not crossed(day_of(not_after) - first_day, level, or_equal):
+            continue  # P(alive) only falls: this crossing is on a later day than `not_after`
         crossing = next_crossing_time(x, t_x, big_t, target, params, P_ALIVE_HORIZON_DAYS)
         if crossing is None:
             continue
 
-        def crossed(days: int, lv: float = level, eq: bool = or_equal) -> bool:
-            v = rounded(days)
-            return v <= lv if eq else v < lv
-
         # The exact crossing is a close guess; check it against what `evaluate` will compute.
-        days = first_instant(crossed, int(big_t), math.ceil(crossing))
+        days = first_instant(
+            partial(crossed, lv=level, eq=or_equal), int(big_t), math.ceil(crossing)
+        )
         if days is not None and days <= big_t + P_ALIVE_HORIZON_DAYS:
             out.append((first_day + days) * DAY_MS)
     return out
@@ -263,9 +273,14 @@ def next_due_ms(
         gap_due = churn_gap_due_ms(ev, rules, params)
         if gap_due is not None:
             candidates.append(gap_due)
-        candidates += p_alive_due_ms(ev, rules, params)
     future = [c for c in candidates if c > as_of]
     earliest = min(future) if future else None
+    if last is not None and first is not None:
+        # Searched last, bounded by the cheap boundaries: a P(alive) crossing after the
+        # earliest of them cannot be the next boundary (`p_alive_due_ms`).
+        p_alive = [c for c in p_alive_due_ms(ev, rules, params, earliest) if c > as_of]
+        if p_alive and (earliest is None or min(p_alive) < earliest):
+            earliest = min(p_alive)
     engaged = engagement_due_ms(state, rules, as_of, not_after=earliest)
     if engaged is not None and (earliest is None or engaged < earliest):
         return engaged

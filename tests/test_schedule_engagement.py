@@ -31,7 +31,16 @@ from segmentation.evaluate import Evaluation, evaluate
 from segmentation.events import EMAIL_CLICKS, EMAIL_OPENS, PURCHASES, WECHAT, InputEvent
 from segmentation.quantiles import CutPoints
 from segmentation.rules import Rules, default_rules, parse_rules_text
-from segmentation.schedule import churn_gap_due_ms, first_instant
+from segmentation.schedule import (
+    _day_steps,
+    _recency_hysteresis_edges,
+    _thresholds,
+    churn_gap_due_ms,
+    engagement_due_ms,
+    first_instant,
+    next_due_ms,
+    p_alive_due_ms,
+)
 from segmentation.state import CustomerState
 from segmentation.step import apply_event, reevaluate
 from segmentation.timeutil import DAY_MS
@@ -317,6 +326,52 @@ def test_nothing_changes_before_the_next_boundary(
             for at in sorted(instants):
                 later = evaluate(state, rules, PARAMS, at)
                 assert decision(later, rules) == decision(now, rules), (at, due)
+            if due is None or due > until:
+                break
+            reevaluate(state, rules, PARAMS, due, "time")
+
+
+def unpruned_next_due_ms(state: CustomerState, ev: Evaluation, rules: Rules) -> int | None:
+    """`next_due_ms` the long way: every boundary of every kind searched, none bounded by an
+    earlier one (the reference for the pruned searches)."""
+    candidates = [ev.stage.next_boundary_ms] if ev.stage.next_boundary_ms is not None else []
+    last, first = ev.last_purchase_ms, ev.first_purchase_ms
+    if last is not None and first is not None:
+        recency = set(rules.scoring.recency_days) | _thresholds(rules, "recency_days")
+        if rules.cutpoints is not None:
+            recency |= set(rules.cutpoints.recency)
+        recency |= _recency_hysteresis_edges(rules)
+        candidates += _day_steps(last, recency)
+        candidates += _day_steps(first, _thresholds(rules, "days_since_first_purchase"))
+        candidates += _day_steps((first // DAY_MS) * DAY_MS, _thresholds(rules, "T"))
+        gap = churn_gap_due_ms(ev, rules, PARAMS)
+        candidates += [gap] if gap is not None else []
+        candidates += p_alive_due_ms(ev, rules, PARAMS)
+    engaged = engagement_due_ms(state, rules, ev.as_of_ms)
+    candidates += [engaged] if engaged is not None else []
+    future = [c for c in candidates if c > ev.as_of_ms]
+    return min(future) if future else None
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(events=history(), rules_name=st.sampled_from(sorted(RULE_SETS)))
+def test_the_pruned_boundary_search_finds_the_same_next_boundary(
+    events: list[InputEvent], rules_name: str
+) -> None:
+    """A P(alive) or engagement crossing later than an earlier boundary is not searched: the
+    next boundary is the same as with every crossing searched, after each event and at each
+    boundary followed for years."""
+    rules = RULE_SETS[rules_name]
+    state: CustomerState | None = None
+    for index, event in enumerate(events):
+        state = apply_event(state, event, rules, PARAMS).state
+        assert state is not None
+        last = index == len(events) - 1
+        until = T0 + 1_200 * DAY_MS if last else events[index + 1].occurred_ms
+        for _ in range(200):
+            ev = evaluate(state, rules, PARAMS, state.as_of_ms)
+            due = next_due_ms(state, ev, rules, PARAMS)
+            assert due == unpruned_next_due_ms(state, ev, rules)
             if due is None or due > until:
                 break
             reevaluate(state, rules, PARAMS, due, "time")
