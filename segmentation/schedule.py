@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from functools import partial
+from typing import Any, TypeVar
 
 from segmentation.bgnbd import (
     BgNbdParams,
@@ -46,19 +47,33 @@ _MAX_DOUBLINGS = 62
 # its float error is far below a millisecond; a minute leaves room to spare.
 _GUESS_SLACK_MS = 60_000
 
+T = TypeVar("T")
+
+
+def _per_rules(rules: Rules, name: str, compute: Callable[[], T]) -> T:
+    """`compute()`, cached per rules object and name: what is derived from the rules alone runs
+    for every evaluation, and rules change only on a reload."""
+    cached = _PER_RULES.get(id(rules))
+    if cached is None or cached[0] is not rules:
+        if len(_PER_RULES) >= 16:
+            _PER_RULES.clear()
+        cached = _PER_RULES[id(rules)] = (rules, {})
+    found = cached[1]
+    if name not in found:
+        found[name] = compute()
+    value: T = found[name]
+    return value
+
+
+# id(rules) -> (rules, name -> value); the rules object is kept so an id is never reused.
+_PER_RULES: dict[int, tuple[Rules, dict[str, Any]]] = {}
+
 
 def _thresholds(rules: Rules, feature: str) -> frozenset[float]:
-    """The numbers the tier and tag rules compare `feature` with. Cached per rules object (this
-    runs for every evaluation, and rules change only on a reload)."""
-    cached = _THRESHOLDS.get(id(rules))
-    if cached is None or cached[0] is not rules:
-        if len(_THRESHOLDS) >= 16:
-            _THRESHOLDS.clear()
-        cached = _THRESHOLDS[id(rules)] = (rules, {})
-    by_feature = cached[1]
-    values = by_feature.get(feature)
-    if values is None:
-        values = by_feature[feature] = frozenset(
+    """The numbers the tier and tag rules compare `feature` with."""
+
+    def compute() -> frozenset[float]:
+        return frozenset(
             float(cond.value)
             for rule in (*rules.tiers, *rules.tags)
             for cond in rule.conditions
@@ -66,22 +81,102 @@ def _thresholds(rules: Rules, feature: str) -> frozenset[float]:
             and isinstance(cond.value, int | float)
             and not isinstance(cond.value, bool)
         )
-    return values
+
+    return _per_rules(rules, "thresholds:" + feature, compute)
 
 
-# id(rules) -> (rules, feature -> thresholds); the rules object is kept so an id is never reused.
-_THRESHOLDS: dict[int, tuple[Rules, dict[str, frozenset[float]]]] = {}
+def _engagement_flips(rules: Rules) -> tuple[tuple[tuple[float, bool], ...], ...]:
+    """Per engagement feature (total, email, WeChat), the levels a decaying rounded score can
+    pass, each with whether it flips at `<= level` rather than `< level`: the engagement
+    level's `high` / `medium` (a `>=` comparison) and any number a rule compares it with (any
+    operator: both the `< v` and the `<= v` flip)."""
+
+    def compute() -> tuple[tuple[tuple[float, bool], ...], ...]:
+        cfg = rules.engagement
+        out = []
+        for index, feature in enumerate(ENGAGEMENT_FEATURES):
+            rule_levels = _thresholds(rules, feature)
+            strict = rule_levels | {cfg.high, cfg.medium} if index == 0 else rule_levels
+            flips = [(level, False) for level in strict] + [(level, True) for level in rule_levels]
+            # A rounded score never gets below 0, nor below 0.0 strictly.
+            out.append(
+                tuple(
+                    (level, eq)
+                    for level, eq in flips
+                    if not (level < 0.0 or (level == 0.0 and not eq))
+                )
+            )
+        return tuple(out)
+
+    return _per_rules(rules, "engagement_flips", compute)
+
+
+ENGAGEMENT_FEATURES = ("engagement_score", "email_score", "wechat_score")
 
 
 def _day_steps(origin_ms: int, days: Iterable[float]) -> list[int]:
-    """Instants at which a whole-day count since `origin_ms` reaches or passes each threshold (a
-    condition `< v`, `<= v`, `> v` or `>= v` flips at day v or day v + 1)."""
+    """Instants at which a whole-day count since `origin_ms` reaches or passes each threshold,
+    whatever the comparison (a condition `< v`, `<= v`, `> v` or `>= v` flips at day v or day
+    v + 1): for cut points whose comparison is not known here."""
     out = []
     for v in days:
         whole = math.floor(v)
         out.append(origin_ms + whole * DAY_MS)
         out.append(origin_ms + (whole + 1) * DAY_MS)
     return out
+
+
+def _flip_days(rules: Rules, feature: str) -> frozenset[int]:
+    """The whole-day counts of a day feature (recency_days, days_since_first_purchase, T) at
+    which a tier or tag condition on it can change its answer, by its operator: `< v` and `>= v`
+    at day ceil(v), `<= v` and `> v` at day floor(v) + 1, `== v` and `!= v` at both. One
+    instant per condition, not two: a re-evaluation at the other changes nothing (about half of
+    the time re-evaluations on the bench workload were such)."""
+
+    def compute() -> frozenset[int]:
+        days: set[int] = set()
+        for rule in (*rules.tiers, *rules.tags):
+            for cond in rule.conditions:
+                value = cond.value
+                if cond.feature != feature or isinstance(value, bool):
+                    continue
+                if not isinstance(value, int | float):
+                    continue
+                if cond.op in ("lt", "ge"):
+                    days.add(math.ceil(value))
+                elif cond.op in ("le", "gt"):
+                    days.add(math.floor(value) + 1)
+                else:  # eq, ne (and any other): both sides
+                    days.update((math.floor(value), math.floor(value) + 1))
+        return frozenset(days)
+
+    return _per_rules(rules, "flip_days:" + feature, compute)
+
+
+def _recency_steps(rules: Rules, last_ms: int) -> list[int]:
+    """The instants after the last purchase at which a recency score or rule can change."""
+    flips = _per_rules(
+        rules,
+        "recency_flip_days",
+        # Fixed scoring: score 5 - i while recency <= bound i (`rfm.recency_score`).
+        lambda: (
+            _flip_days(rules, "recency_days")
+            | {math.floor(b) + 1 for b in rules.scoring.recency_days}
+        ),
+    )
+    steps = [last_ms + d * DAY_MS for d in flips]
+    cuts = _per_rules(rules, "recency_cuts", lambda: _recency_cut_levels(rules))
+    if cuts:
+        steps += _day_steps(last_ms, cuts)
+    return steps
+
+
+def _recency_cut_levels(rules: Rules) -> frozenset[float]:
+    """Quantile scoring's recency cut points and hysteresis edges: both days of each are kept
+    (the held score's comparison is not known here)."""
+    if rules.cutpoints is None:
+        return frozenset()
+    return frozenset(set(rules.cutpoints.recency) | _recency_hysteresis_edges(rules))
 
 
 def _recency_hysteresis_edges(rules: Rules) -> set[float]:
@@ -148,7 +243,6 @@ def engagement_due_ms(
         return None
     half_life_days = rules.engagement.half_life_days
     half_life_ms = half_life_days * DAY_MS
-    cfg = rules.engagement
 
     def values(t: int) -> tuple[float, float, float]:
         email, wechat = engagement_at(state, t, half_life_days)
@@ -166,15 +260,10 @@ def engagement_due_ms(
     )
     # (closed-form estimate, feature index, level, flips at `<= level` rather than `< level`)
     pending: list[tuple[int, int, float, bool]] = []
-    features = ("engagement_score", "email_score", "wechat_score")
-    for index, feature in enumerate(features):
-        rule_levels = _thresholds(rules, feature)
-        strict = rule_levels | {cfg.high, cfg.medium} if index == 0 else rule_levels
-        flips = [(level, False) for level in strict] + [(level, True) for level in rule_levels]
+    for index, flips in enumerate(_engagement_flips(rules)):
         for level, or_equal in flips:
-            passed = now[index] <= level if or_equal else now[index] < level
-            if passed or level < 0.0 or (level == 0.0 and not or_equal):
-                continue  # already past (scores only decay), or a rounded score never gets there
+            if now[index] <= level if or_equal else now[index] < level:
+                continue  # already past: scores only decay
             target = level + _ENGAGEMENT_HALF if or_equal else level - _ENGAGEMENT_HALF
             guess = _decay_guess(
                 state.engaged_as_of_ms, raw_at_origin[index], max(target, 1e-12), half_life_ms
@@ -262,14 +351,11 @@ def next_due_ms(
         candidates.append(ev.stage.next_boundary_ms)
     last, first = ev.last_purchase_ms, ev.first_purchase_ms
     if last is not None and first is not None:
-        recency = set(rules.scoring.recency_days) | _thresholds(rules, "recency_days")
-        if rules.cutpoints is not None:
-            recency |= set(rules.cutpoints.recency)
-        recency |= _recency_hysteresis_edges(rules)
-        candidates += _day_steps(last, recency)
-        candidates += _day_steps(first, _thresholds(rules, "days_since_first_purchase"))
+        candidates += _recency_steps(rules, last)
+        candidates += [first + d * DAY_MS for d in _flip_days(rules, "days_since_first_purchase")]
         # T counts whole days from the first purchase day (btyd_stats).
-        candidates += _day_steps(day_of(first) * DAY_MS, _thresholds(rules, "T"))
+        first_day_ms = day_of(first) * DAY_MS
+        candidates += [first_day_ms + d * DAY_MS for d in _flip_days(rules, "T")]
         gap_due = churn_gap_due_ms(ev, rules, params)
         if gap_due is not None:
             candidates.append(gap_due)

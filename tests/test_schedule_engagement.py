@@ -32,9 +32,8 @@ from segmentation.events import EMAIL_CLICKS, EMAIL_OPENS, PURCHASES, WECHAT, In
 from segmentation.quantiles import CutPoints
 from segmentation.rules import Rules, default_rules, parse_rules_text
 from segmentation.schedule import (
-    _day_steps,
-    _recency_hysteresis_edges,
-    _thresholds,
+    _flip_days,
+    _recency_steps,
     churn_gap_due_ms,
     engagement_due_ms,
     first_instant,
@@ -79,6 +78,15 @@ when = { wechat_score_lt = 1.0, p_alive_gt = 0.35 }
 [[tags]]
 name = "ex_reader"
 when = { email_score_le = 0.5, engagement_score_ne = 0.0 }
+[[tags]]
+name = "tenth_day"
+when = { recency_days_eq = 10 }
+[[tags]]
+name = "long_known"
+when = { T_gt = 20.5, days_since_first_purchase_ge = 35.5 }
+[[tags]]
+name = "not_day_three"
+when = { days_since_first_purchase_ne = 3, recency_days_lt = 17.5, recency_days_gt = 2 }
 """,
     fmt="toml",
 )
@@ -337,13 +345,9 @@ def unpruned_next_due_ms(state: CustomerState, ev: Evaluation, rules: Rules) -> 
     candidates = [ev.stage.next_boundary_ms] if ev.stage.next_boundary_ms is not None else []
     last, first = ev.last_purchase_ms, ev.first_purchase_ms
     if last is not None and first is not None:
-        recency = set(rules.scoring.recency_days) | _thresholds(rules, "recency_days")
-        if rules.cutpoints is not None:
-            recency |= set(rules.cutpoints.recency)
-        recency |= _recency_hysteresis_edges(rules)
-        candidates += _day_steps(last, recency)
-        candidates += _day_steps(first, _thresholds(rules, "days_since_first_purchase"))
-        candidates += _day_steps((first // DAY_MS) * DAY_MS, _thresholds(rules, "T"))
+        candidates += _recency_steps(rules, last)
+        candidates += [first + d * DAY_MS for d in _flip_days(rules, "days_since_first_purchase")]
+        candidates += [(first // DAY_MS + d) * DAY_MS for d in _flip_days(rules, "T")]
         gap = churn_gap_due_ms(ev, rules, PARAMS)
         candidates += [gap] if gap is not None else []
         candidates += p_alive_due_ms(ev, rules, PARAMS)
