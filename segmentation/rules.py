@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import yaml
 
@@ -187,6 +187,15 @@ class Rules:
             )
         # Unreachable with a validated rules file (the last rule must always hold).
         return TIERS[-1], {"rule": "fallback", "conditions": [], "not_matched": rejected}
+
+    def tier_rule(self, features: Mapping[str, Any]) -> tuple[str, str]:
+        """`tier_for`'s tier and rule label without the explanation: the first tier rule that
+        holds, each tested only until a condition fails (every evaluation needs the tier, a
+        profile or a change message also the why)."""
+        for index, rule in enumerate(self.tiers):
+            if rule.matches(features):
+                return rule.name, f"tiers[{index}]:{rule.name}"
+        return TIERS[-1], "fallback"
 
     @property
     def tier_names(self) -> tuple[str, ...]:
@@ -379,3 +388,24 @@ def load_rules(path: Path | None = None) -> Rules:
 
 def default_rules() -> Rules:
     return load_rules(None)
+
+
+_T = TypeVar("_T")
+# id(rules) -> (rules, name -> value); the rules object is kept so an id is never reused.
+_DERIVED: dict[int, tuple[Rules, dict[str, Any]]] = {}
+
+
+def derived(rules: Rules, name: str, compute: Callable[[], _T]) -> _T:
+    """`compute()`, cached per rules object and name: what follows from the rules alone (the
+    boundaries a condition can flip at, the explanation of the scoring) is needed for every
+    evaluation, and rules change only on a reload or a cut-point refresh (a new object)."""
+    cached = _DERIVED.get(id(rules))
+    if cached is None or cached[0] is not rules:
+        if len(_DERIVED) >= 16:
+            _DERIVED.clear()
+        cached = _DERIVED[id(rules)] = (rules, {})
+    found = cached[1]
+    if name not in found:
+        found[name] = compute()
+    value: _T = found[name]
+    return value

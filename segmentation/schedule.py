@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from functools import partial
-from typing import Any, TypeVar
 
 from segmentation.bgnbd import (
     BgNbdParams,
@@ -28,7 +27,7 @@ from segmentation.bgnbd import (
     next_crossing_time,
 )
 from segmentation.evaluate import Evaluation, engagement_at
-from segmentation.rules import Rules
+from segmentation.rules import Rules, derived
 from segmentation.state import NO_TIME, CustomerState
 from segmentation.timeutil import DAY_MS, day_of
 
@@ -47,27 +46,6 @@ _MAX_DOUBLINGS = 62
 # its float error is far below a millisecond; a minute leaves room to spare.
 _GUESS_SLACK_MS = 60_000
 
-T = TypeVar("T")
-
-
-def _per_rules(rules: Rules, name: str, compute: Callable[[], T]) -> T:
-    """`compute()`, cached per rules object and name: what is derived from the rules alone runs
-    for every evaluation, and rules change only on a reload."""
-    cached = _PER_RULES.get(id(rules))
-    if cached is None or cached[0] is not rules:
-        if len(_PER_RULES) >= 16:
-            _PER_RULES.clear()
-        cached = _PER_RULES[id(rules)] = (rules, {})
-    found = cached[1]
-    if name not in found:
-        found[name] = compute()
-    value: T = found[name]
-    return value
-
-
-# id(rules) -> (rules, name -> value); the rules object is kept so an id is never reused.
-_PER_RULES: dict[int, tuple[Rules, dict[str, Any]]] = {}
-
 
 def _thresholds(rules: Rules, feature: str) -> frozenset[float]:
     """The numbers the tier and tag rules compare `feature` with."""
@@ -82,7 +60,7 @@ def _thresholds(rules: Rules, feature: str) -> frozenset[float]:
             and not isinstance(cond.value, bool)
         )
 
-    return _per_rules(rules, "thresholds:" + feature, compute)
+    return derived(rules, "thresholds:" + feature, compute)
 
 
 def _engagement_flips(rules: Rules) -> tuple[tuple[tuple[float, bool], ...], ...]:
@@ -108,7 +86,7 @@ def _engagement_flips(rules: Rules) -> tuple[tuple[tuple[float, bool], ...], ...
             )
         return tuple(out)
 
-    return _per_rules(rules, "engagement_flips", compute)
+    return derived(rules, "engagement_flips", compute)
 
 
 ENGAGEMENT_FEATURES = ("engagement_score", "email_score", "wechat_score")
@@ -150,12 +128,12 @@ def _flip_days(rules: Rules, feature: str) -> frozenset[int]:
                     days.update((math.floor(value), math.floor(value) + 1))
         return frozenset(days)
 
-    return _per_rules(rules, "flip_days:" + feature, compute)
+    return derived(rules, "flip_days:" + feature, compute)
 
 
 def _recency_steps(rules: Rules, last_ms: int) -> list[int]:
     """The instants after the last purchase at which a recency score or rule can change."""
-    flips = _per_rules(
+    flips = derived(
         rules,
         "recency_flip_days",
         # Fixed scoring: score 5 - i while recency <= bound i (`rfm.recency_score`).
@@ -165,7 +143,7 @@ def _recency_steps(rules: Rules, last_ms: int) -> list[int]:
         ),
     )
     steps = [last_ms + d * DAY_MS for d in flips]
-    cuts = _per_rules(rules, "recency_cuts", lambda: _recency_cut_levels(rules))
+    cuts = derived(rules, "recency_cuts", lambda: _recency_cut_levels(rules))
     if cuts:
         steps += _day_steps(last_ms, cuts)
     return steps

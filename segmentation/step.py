@@ -187,7 +187,7 @@ def change_message(
         "p_alive": f["p_alive"],
         "tags": ev.tags,
         "cause": cause,
-        "rule": ev.tier_explanation["rule"],
+        "rule": ev.tier_rule,
         "stage_reason": ev.stage.reason,
         "rules_version": rules.version,
         "event_id": trigger_event_id,
