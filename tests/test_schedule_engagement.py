@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -305,6 +306,23 @@ def history(draw: st.DrawFn, customer: str = "c") -> list[InputEvent]:
     return sorted(events, key=lambda e: e.occurred_ms)
 
 
+def followed(events: list[InputEvent], rules: Rules) -> Iterator[CustomerState]:
+    """The customer after every event and after every re-evaluation at one of its own
+    boundaries, followed until the next event (after the last: for years)."""
+    state: CustomerState | None = None
+    for index, event in enumerate(events):
+        state = apply_event(state, event, rules, PARAMS).state
+        assert state is not None
+        last = index == len(events) - 1
+        until = T0 + 1_200 * DAY_MS if last else events[index + 1].occurred_ms
+        for _ in range(200):
+            yield state
+            due = state.next_due_ms
+            if due is None or due > until:
+                break
+            reevaluate(state, rules, PARAMS, due, "time")
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     events=history(),
@@ -317,26 +335,16 @@ def test_nothing_changes_before_the_next_boundary(
     """After every event and every re-evaluation at a boundary, the decision holds until the next
     boundary: just before it, and at sampled instants in between; with no boundary, for years."""
     rules = RULE_SETS[rules_name]
-    state: CustomerState | None = None
-    for index, event in enumerate(events):
-        state = apply_event(state, event, rules, PARAMS).state
-        assert state is not None
-        # Follow the customer's own boundaries until the next event (after the last: for years).
-        last = index == len(events) - 1
-        until = T0 + 1_200 * DAY_MS if last else events[index + 1].occurred_ms
-        for _ in range(200):
-            now = evaluate(state, rules, PARAMS, state.as_of_ms)
-            due = state.next_due_ms
-            horizon = due - 1 if due is not None else state.as_of_ms + 3 * 365 * DAY_MS
-            instants = {horizon} | {
-                state.as_of_ms + int(p * (horizon - state.as_of_ms)) for p in probes
-            }
-            for at in sorted(instants):
-                later = evaluate(state, rules, PARAMS, at)
-                assert decision(later, rules) == decision(now, rules), (at, due)
-            if due is None or due > until:
-                break
-            reevaluate(state, rules, PARAMS, due, "time")
+    for state in followed(events, rules):
+        now = evaluate(state, rules, PARAMS, state.as_of_ms)
+        due = state.next_due_ms
+        horizon = due - 1 if due is not None else state.as_of_ms + 3 * 365 * DAY_MS
+        instants = {horizon} | {
+            state.as_of_ms + int(p * (horizon - state.as_of_ms)) for p in probes
+        }
+        for at in sorted(instants):
+            later = evaluate(state, rules, PARAMS, at)
+            assert decision(later, rules) == decision(now, rules), (at, due)
 
 
 def unpruned_next_due_ms(state: CustomerState, ev: Evaluation, rules: Rules) -> int | None:
@@ -366,19 +374,9 @@ def test_the_pruned_boundary_search_finds_the_same_next_boundary(
     next boundary is the same as with every crossing searched, after each event and at each
     boundary followed for years."""
     rules = RULE_SETS[rules_name]
-    state: CustomerState | None = None
-    for index, event in enumerate(events):
-        state = apply_event(state, event, rules, PARAMS).state
-        assert state is not None
-        last = index == len(events) - 1
-        until = T0 + 1_200 * DAY_MS if last else events[index + 1].occurred_ms
-        for _ in range(200):
-            ev = evaluate(state, rules, PARAMS, state.as_of_ms)
-            due = next_due_ms(state, ev, rules, PARAMS)
-            assert due == unpruned_next_due_ms(state, ev, rules)
-            if due is None or due > until:
-                break
-            reevaluate(state, rules, PARAMS, due, "time")
+    for state in followed(events, rules):
+        ev = evaluate(state, rules, PARAMS, state.as_of_ms)
+        assert next_due_ms(state, ev, rules, PARAMS) == unpruned_next_due_ms(state, ev, rules)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
