@@ -118,6 +118,11 @@ class Rule:
         return all(cond.holds(features.get(cond.feature)) for cond in self.conditions)
 
 
+def _tier_label(index: int, rule: Rule) -> str:
+    """How a tier rule is named in explanations and tier changes: "tiers[i]:name"."""
+    return f"tiers[{index}]:{rule.name}"
+
+
 @dataclass(frozen=True, slots=True)
 class Scoring:
     method: str
@@ -174,14 +179,14 @@ class Rules:
             ok, trace = rule.evaluate(features)
             if ok:
                 return rule.name, {
-                    "rule": f"tiers[{index}]:{rule.name}",
+                    "rule": _tier_label(index, rule),
                     "description": rule.description,
                     "conditions": trace,
                     "not_matched": rejected,
                 }
             rejected.append(
                 {
-                    "rule": f"tiers[{index}]:{rule.name}",
+                    "rule": _tier_label(index, rule),
                     "failed": [c for c in trace if not c["ok"]],
                 }
             )
@@ -194,7 +199,7 @@ class Rules:
         profile or a change message also the why)."""
         for index, rule in enumerate(self.tiers):
             if rule.matches(features):
-                return rule.name, f"tiers[{index}]:{rule.name}"
+                return rule.name, _tier_label(index, rule)
         return TIERS[-1], "fallback"
 
     @property

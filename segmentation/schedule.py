@@ -17,7 +17,7 @@ is lost and the customer keeps a stale level until some event re-evaluates them.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 
 from segmentation.bgnbd import (
@@ -50,17 +50,24 @@ _GUESS_SLACK_MS = 60_000
 def _thresholds(rules: Rules, feature: str) -> frozenset[float]:
     """The numbers the tier and tag rules compare `feature` with."""
 
-    def compute() -> frozenset[float]:
-        return frozenset(
-            float(cond.value)
-            for rule in (*rules.tiers, *rules.tags)
-            for cond in rule.conditions
-            if cond.feature == feature
-            and isinstance(cond.value, int | float)
-            and not isinstance(cond.value, bool)
-        )
+    return derived(
+        rules,
+        "thresholds:" + feature,
+        lambda: frozenset(value for _, value in _numeric_conditions(rules, feature)),
+    )
 
-    return derived(rules, "thresholds:" + feature, compute)
+
+def _numeric_conditions(rules: Rules, feature: str) -> Iterator[tuple[str, float]]:
+    """(operator, number) of every tier and tag condition comparing `feature` with a number."""
+    for rule in (*rules.tiers, *rules.tags):
+        for cond in rule.conditions:
+            value = cond.value
+            if (
+                cond.feature == feature
+                and isinstance(value, int | float)
+                and not isinstance(value, bool)
+            ):
+                yield cond.op, float(value)
 
 
 def _engagement_flips(rules: Rules) -> tuple[tuple[tuple[float, bool], ...], ...]:
@@ -113,19 +120,13 @@ def _flip_days(rules: Rules, feature: str) -> frozenset[int]:
 
     def compute() -> frozenset[int]:
         days: set[int] = set()
-        for rule in (*rules.tiers, *rules.tags):
-            for cond in rule.conditions:
-                value = cond.value
-                if cond.feature != feature or isinstance(value, bool):
-                    continue
-                if not isinstance(value, int | float):
-                    continue
-                if cond.op in ("lt", "ge"):
-                    days.add(math.ceil(value))
-                elif cond.op in ("le", "gt"):
-                    days.add(math.floor(value) + 1)
-                else:  # eq, ne (and any other): both sides
-                    days.update((math.floor(value), math.floor(value) + 1))
+        for op, value in _numeric_conditions(rules, feature):
+            if op in ("lt", "ge"):
+                days.add(math.ceil(value))
+            elif op in ("le", "gt"):
+                days.add(math.floor(value) + 1)
+            else:  # eq, ne: both sides
+                days.update((math.floor(value), math.floor(value) + 1))
         return frozenset(days)
 
     return derived(rules, "flip_days:" + feature, compute)
