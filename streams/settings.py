@@ -65,6 +65,7 @@ KNOWN_VARIABLES: Final = frozenset(
         "TIERSTREAM_FAST_GROUP_JOIN",
         "TIERSTREAM_LAG_INTERVAL_SECONDS",
         "TIERSTREAM_FETCH_MAX_WAIT_MS",
+        "TIERSTREAM_GC_THRESHOLD",
         "TIERSTREAM_URL",
     }
 )
@@ -153,6 +154,9 @@ class Settings:
     lag_interval_seconds: float = DEFAULT_LAG_INTERVAL_SECONDS
     #: The longest a fetch waits for records (streams/kafka_fixes.py: Faust hard-codes 1,500).
     fetch_max_wait_ms: int = 100
+    #: The worker's young-generation garbage collection threshold (streams/gctuning.py); 0
+    #: leaves Python's defaults.
+    gc_threshold: int = 50_000
     #: The worker's event loop: "uvloop" (faust-streaming[uvloop]) or the standard "asyncio".
     event_loop: str = "asyncio"
     #: Things worth a log line at start that do not stop it (names only, never values).
@@ -194,6 +198,15 @@ def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> i
         raise ConfigError(f"{name}={raw!r} is not an integer") from None
     if not lo <= value <= hi:
         raise ConfigError(f"{name}={value} must be between {lo} and {hi}")
+    return value
+
+
+def _gc_threshold(env: Mapping[str, str]) -> int:
+    value = _int(env, "TIERSTREAM_GC_THRESHOLD", 50_000, 0, 10_000_000)
+    if 0 < value < 100:
+        raise ConfigError(
+            f"TIERSTREAM_GC_THRESHOLD={value} must be 0 (Python's defaults) or at least 100"
+        )
     return value
 
 
@@ -586,6 +599,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             env, "TIERSTREAM_LAG_INTERVAL_SECONDS", DEFAULT_LAG_INTERVAL_SECONDS, 0.1, 3600
         ),
         fetch_max_wait_ms=_int(env, "TIERSTREAM_FETCH_MAX_WAIT_MS", 100, 1, 30_000),
+        gc_threshold=_gc_threshold(env),
         warnings=tuple(warnings),
     )
 

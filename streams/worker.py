@@ -65,8 +65,11 @@ def run_worker(settings: Settings | None = None) -> int:
         return 2
     app, runtime = create_app(settings, rules=rules)
     runtime.direct_sends = True
+    from streams.gctuning import tune_gc
+
+    gc_thresholds = tune_gc(settings.gc_threshold)
     logging.getLogger("tierstream").info(
-        "worker starting: broker=%s redis=%s partitions=%d rules=%s web=%s:%d loop=%s",
+        "worker starting: broker=%s redis=%s partitions=%d rules=%s web=%s:%d loop=%s gc=%s",
         settings.broker,
         settings.redis_display,
         settings.partitions,
@@ -74,6 +77,7 @@ def run_worker(settings: Settings | None = None) -> int:
         settings.web_host,
         settings.web_port,
         settings.event_loop,
+        "/".join(map(str, gc_thresholds)),
     )
     from faust.worker import Worker
 

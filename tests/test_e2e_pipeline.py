@@ -389,6 +389,8 @@ def test_misrouted_records_are_forwarded_once(stack: EmbeddedStack, worker: Work
 
 
 def test_metrics_and_health(worker: WorkerProcess) -> None:
+    # The garbage collector's thresholds (streams/gctuning.py) are in force and said at start.
+    assert "gc=50000/20/10" in worker.log_path.read_text(errors="replace")
     status, body = worker.get("/health")
     assert status == 200 and orjson.loads(body)["redis"] == "ok"
     metrics = worker.metrics()

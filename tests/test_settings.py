@@ -86,6 +86,8 @@ def test_defaults_are_safe(tmp_path: Path) -> None:
     assert s.kafka_security_protocol == "PLAINTEXT" and s.kafka_sasl_mechanism is None
     assert s.redis_url == "redis://127.0.0.1:6379/0" and not s.redis_tls
     assert s.partitions == 8 and s.store == "memory" and s.lag_interval_seconds == 5.0
+    assert s.gc_threshold == 50_000
+    assert load_settings(base(tmp_path, TIERSTREAM_GC_THRESHOLD="0")).gc_threshold == 0
     assert s.warnings == ()
     conf = faust_settings(s)
     assert conf["web_bind"] == "127.0.0.1"
@@ -152,6 +154,9 @@ BAD_VALUES: list[tuple[str, str]] = [
     ("TIERSTREAM_LAG_INTERVAL_SECONDS", "inf"),
     ("TIERSTREAM_FETCH_MAX_WAIT_MS", "0"),
     ("TIERSTREAM_FETCH_MAX_WAIT_MS", "0.5s"),
+    ("TIERSTREAM_GC_THRESHOLD", "-1"),
+    ("TIERSTREAM_GC_THRESHOLD", "50"),
+    ("TIERSTREAM_GC_THRESHOLD", "lots"),
     ("TIERSTREAM_LIVE_CLOCK", "maybe"),
     ("TIERSTREAM_REDIS_TLS", "sure"),
     ("TIERSTREAM_FAST_GROUP_JOIN", "2"),
