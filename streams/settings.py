@@ -20,6 +20,8 @@ from urllib.parse import urlparse
 
 DEFAULT_WEB_PORT: Final = 6066
 DEFAULT_LAG_INTERVAL_SECONDS: Final = 5.0
+#: The worker's young-generation garbage collection threshold (streams/gctuning.py).
+DEFAULT_GC_THRESHOLD: Final = 50_000
 LOOPBACK_HOSTS: Final = frozenset({"127.0.0.1", "::1", "localhost"})
 MIN_WEB_TOKEN_LENGTH: Final = 16
 
@@ -156,7 +158,7 @@ class Settings:
     fetch_max_wait_ms: int = 100
     #: The worker's young-generation garbage collection threshold (streams/gctuning.py); 0
     #: leaves Python's defaults.
-    gc_threshold: int = 50_000
+    gc_threshold: int = DEFAULT_GC_THRESHOLD
     #: The worker's event loop: "uvloop" (faust-streaming[uvloop]) or the standard "asyncio".
     event_loop: str = "asyncio"
     #: Things worth a log line at start that do not stop it (names only, never values).
@@ -202,7 +204,7 @@ def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> i
 
 
 def _gc_threshold(env: Mapping[str, str]) -> int:
-    value = _int(env, "TIERSTREAM_GC_THRESHOLD", 50_000, 0, 10_000_000)
+    value = _int(env, "TIERSTREAM_GC_THRESHOLD", DEFAULT_GC_THRESHOLD, 0, 10_000_000)
     if 0 < value < 100:
         raise ConfigError(
             f"TIERSTREAM_GC_THRESHOLD={value} must be 0 (Python's defaults) or at least 100"

@@ -8,6 +8,7 @@ import sys
 
 from segmentation.errors import RulesError
 from segmentation.rules import load_rules
+from streams.gctuning import tune_gc
 from streams.settings import ConfigError, Settings, bootstrap_servers, load_settings
 from streams.topics import ALL_TOPICS
 
@@ -65,8 +66,6 @@ def run_worker(settings: Settings | None = None) -> int:
         return 2
     app, runtime = create_app(settings, rules=rules)
     runtime.direct_sends = True
-    from streams.gctuning import tune_gc
-
     gc_thresholds = tune_gc(settings.gc_threshold)
     logging.getLogger("tierstream").info(
         "worker starting: broker=%s redis=%s partitions=%d rules=%s web=%s:%d loop=%s gc=%s",
