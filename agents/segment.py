@@ -137,14 +137,24 @@ class SegmentProcessor:
         self.writes.folded(message.partition, message)
 
     async def flush(self, partition: int, *, force: bool = False) -> None:
-        """Write the partition's batch if it is due (must run in a record of `partition`)."""
-        if not (force or self.writes.due(partition)):
+        """Seal the partition's batch if it is due, and write the sealed batches whose outputs
+        are delivered (must run in a record of `partition`). `force` seals whatever is open and
+        waits for every delivery: a flush record, when the partition may be quiet."""
+        writes = self.writes
+        if force or writes.due(partition):
+            await self.send_profiles(partition)
+            self.put_clock(partition)
+            writes.seal(partition)
+        if force:
+            written = await writes.flush(partition)
+        elif writes.sealed(partition):
+            written = writes.collect(partition)
+        else:
             return
-        await self.send_profiles(partition)
-        self.put_clock(partition)
-        for message in await self.writes.flush(partition):
+        for message in written:
             self.finished(message)
-        self.save_applied(partition)
+        if written:
+            self.save_applied(partition)
 
     def put_clock(self, partition: int) -> None:
         """Persist the partition clock with the batch, as its last write. A restarted worker
@@ -254,6 +264,21 @@ class SegmentProcessor:
             rt.clocks.pop(partition, None)
             rt.clock_persisted.pop(partition, None)
         self.forget(gone)
+
+    def flushes_needed(self) -> list[int]:
+        """The partitions to send a flush record to (the agent's timer does): records held for
+        a topic that has since gone quiet, a batch that waited its time out, or a delivered
+        batch not yet written. Each is counted as requested until its flush record comes."""
+        now = self.rt.now_ms()
+        due = set(self.writes.overdue())
+        for partition, order in list(self.orders.items()):
+            if order.release_possible(
+                now, self.behind_on(partition), self.polled_since_on(partition)
+            ):
+                due.add(partition)
+        wanted = sorted(due - self.flush_requested)
+        self.flush_requested.update(wanted)
+        return wanted
 
     def held(self) -> int:
         return sum(len(order) for order in self.orders.values())
@@ -752,24 +777,18 @@ def register_segment_agent(runtime: Runtime) -> faust.types.AgentT:
                 await runtime.out[names.TICKS].send(key=None, value=now, partition=partition)
 
     s = runtime.settings
-    if s.order_idle_ms > 0 or s.flush_records > 1:
-        waits = [ms for ms in (s.order_idle_ms, s.flush_ms) if ms > 0]
-        interval = min(1.0, max(0.02, min(waits, default=100) / 4000))
+    # Always on, even with batches of one record: a sealed batch is written at its partition's
+    # next record, and a partition that went quiet needs this timer's flush record for it.
+    waits = [ms for ms in (s.order_idle_ms, s.flush_ms) if ms > 0]
+    interval = min(1.0, max(0.02, min(waits, default=100) / 4000))
 
-        @runtime.app.timer(interval=interval)
-        async def release_idle() -> None:
-            """Records held for a topic that has since gone quiet, or a batch that waited its
-            time out on a partition with no more traffic: a flush record through the
-            partition's stream folds and writes them (only a stream may write the table)."""
-            now = runtime.now_ms()
-            due = set(processor.writes.overdue())
-            for partition, order in list(processor.orders.items()):
-                if order.release_possible(
-                    now, processor.behind_on(partition), processor.polled_since_on(partition)
-                ):
-                    due.add(partition)
-            for partition in sorted(due - processor.flush_requested):
-                processor.flush_requested.add(partition)
-                await runtime.out[names.TICKS].send(key=None, value=FLUSH, partition=partition)
+    @runtime.app.timer(interval=interval)
+    async def release_idle() -> None:
+        """Records held for a topic that has since gone quiet, a batch that waited its time
+        out, or a delivered batch not yet written, on a partition with no more traffic: a
+        flush record through the partition's stream folds and writes them (only a stream may
+        write the table)."""
+        for partition in processor.flushes_needed():
+            await runtime.out[names.TICKS].send(key=None, value=FLUSH, partition=partition)
 
     return runtime.app.agent(runtime.inputs, name="tierstream.segment")(segment)

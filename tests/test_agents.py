@@ -51,6 +51,7 @@ from streams.app import Runtime, create_app
 from streams.embedded import EmbeddedStack, create_topics
 from streams.partitioning import partition_for
 from streams.settings import Settings, load_settings
+from streams.writebehind import SEALED_GRACE_SECONDS
 
 SEGMENT = "tierstream.segment"
 PARTITIONS = 4
@@ -666,12 +667,61 @@ async def test_state_waits_for_its_outputs_to_be_delivered(segment: SegmentHarne
     assert len(segment.sent(names.TIER_CHANGES)) == 1  # published at once...
     assert rt.customers.get(b"c-wait") is None  # ...but the state waits for its delivery
     assert not message.acked
+    assert rt.processor is not None and rt.processor.flushes_needed() == []
     delivered.set_result(None)
+    # The partition is quiet: the agent's timer (not run under test_context()) sends it a
+    # flush record once the delivered batch has waited its grace.
+    await asyncio.sleep(SEALED_GRACE_SECONDS)
+    assert rt.processor.flushes_needed() == [message.partition]
+    assert rt.processor.flushes_needed() == []  # requested once
+    assert rt.customers.get(b"c-wait") is None  # not written before the flush record comes
+    await segment.deliver(names.TICKS, segment_agent.FLUSH, partition=message.partition)
 
     async def written() -> bool:
         return bool(message.acked) and rt.customers.get(b"c-wait") is not None
 
     await eventually(written)
+
+
+async def test_a_sealed_batch_is_written_at_the_next_record_without_waiting(
+    segment: SegmentHarness,
+) -> None:
+    """The agent does not stop for a batch's deliveries: the next records fold while they are
+    in flight, and the batch is written at the first record after they are all delivered,
+    before any later batch of the partition."""
+    rt = segment.runtime
+    assert rt.processor is not None
+    delivered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    segment.sends[names.TIER_CHANGES].return_value = delivered
+    customers = [f"c-seal-{i}" for i in range(40)]
+    keys = [c.encode() for c in customers]
+    partition = partition_for(keys[0], PARTITIONS)
+    same = [k for k in keys if partition_for(k, PARTITIONS) == partition][:3]
+    assert len(same) == 3
+    first = await segment.deliver(
+        PURCHASES,
+        purchase(same[0].decode(), "e1", "o1", "30", wall_ms() - DAY_MS),
+        key=same[0],
+        wait=False,
+    )
+    # Its change is in flight; the next customer's change is delivered at once.
+    segment.sends[names.TIER_CHANGES].return_value = None
+    second = await segment.deliver(
+        PURCHASES,
+        purchase(same[1].decode(), "e1", "o2", "30", wall_ms() - DAY_MS),
+        key=same[1],
+        wait=False,
+    )
+    assert len(segment.sent(names.TIER_CHANGES)) == 2  # folded without waiting for the first
+    assert rt.processor.writes.sealed(partition) == 2
+    assert rt.customers.get(same[0]) is None and rt.customers.get(same[1]) is None
+    assert not first.acked and not second.acked  # the second waits behind the first
+    delivered.set_result(None)
+    third = await segment.deliver(
+        PURCHASES, purchase(same[2].decode(), "e1", "o3", "30", wall_ms() - DAY_MS), key=same[2]
+    )
+    assert first.acked and second.acked and third.acked
+    assert all(rt.customers.get(k) is not None for k in same)
 
 
 def _customer_and_wrong_partition(customer_id: str) -> tuple[bytes, int, int]:

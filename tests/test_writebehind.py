@@ -115,3 +115,168 @@ async def test_a_revoked_partition_forgets_its_batch(partition: int) -> None:
     writes.discard([partition])
     assert writes.get(b"k") is None and writes.pending() == 0
     assert await writes.flush(partition) == [] and table == {}
+
+
+# -- sealed batches: the agent goes on while a batch's outputs are in flight ---------------------
+
+
+def pending_delivery() -> asyncio.Future[None]:
+    return asyncio.get_running_loop().create_future()
+
+
+async def test_a_sealed_batch_waits_for_its_deliveries_without_blocking_reads() -> None:
+    table, writes = buffer()
+    delivery = pending_delivery()
+    writes.put(0, b"a", b"1")
+    writes.sent(0, delivery)
+    writes.folded(0, "r1")
+    writes.seal(0)
+    assert writes.collect(0) == [] and table == {}
+    assert writes.get(b"a") == b"1" and writes.pending() == 1 and writes.sealed(0) == 1
+    delivery.set_result(None)
+    assert writes.collect(0) == ["r1"]
+    assert table == {b"a": b"1"} and writes.pending() == 0 and writes.sealed(0) == 0
+
+
+async def test_sealed_batches_are_written_in_order_whatever_order_their_deliveries_end() -> None:
+    order: list[tuple[bytes, bytes]] = []
+
+    class Recording(dict[bytes, bytes]):
+        def __setitem__(self, key: bytes, value: bytes) -> None:
+            order.append((key, value))
+            super().__setitem__(key, value)
+
+    writes = WriteBehind(Recording(), max_records=10, max_seconds=60)
+    first, second = pending_delivery(), pending_delivery()
+    writes.put(0, b"k", b"old")
+    writes.put(0, b"clock", b"1")
+    writes.sent(0, first)
+    writes.folded(0, "r1")
+    writes.seal(0)
+    writes.put(0, b"k", b"new")
+    writes.put(0, b"clock", b"2")
+    writes.sent(0, second)
+    writes.folded(0, "r2")
+    writes.seal(0)
+    second.set_result(None)
+    assert writes.collect(0) == [] and order == []  # the later batch waits behind the first
+    assert writes.get(b"k") == b"new"
+    first.set_result(None)
+    assert writes.collect(0) == ["r1", "r2"]
+    assert order == [(b"k", b"old"), (b"clock", b"1"), (b"k", b"new"), (b"clock", b"2")]
+
+
+async def test_writing_an_earlier_batch_keeps_a_later_put_of_the_same_key_visible() -> None:
+    table, writes = buffer()
+    delivery = pending_delivery()
+    writes.put(0, b"k", b"v1")
+    writes.sent(0, delivery)
+    writes.seal(0)
+    writes.put(0, b"k", b"v2")  # the open batch, not sealed yet
+    delivery.set_result(None)
+    writes.collect(0)
+    assert table == {b"k": b"v1"} and writes.get(b"k") == b"v2"
+    writes.put(0, b"gone", None)
+    writes.seal(0)
+    writes.collect(0)
+    assert table == {b"k": b"v2"} and writes.get(b"k") == b"v2" and writes.get(b"gone") is None
+
+
+async def test_flush_waits_for_every_sealed_batch_and_the_open_one() -> None:
+    table, writes = buffer()
+    first, second = pending_delivery(), pending_delivery()
+    writes.put(2, b"a", b"1")
+    writes.sent(2, first)
+    writes.folded(2, "r1")
+    writes.seal(2)
+    writes.put(2, b"b", b"2")
+    writes.sent(2, second)
+    writes.folded(2, "r2")
+    flushing = asyncio.ensure_future(writes.flush(2))
+    await asyncio.sleep(0.01)
+    first.set_result(None)
+    await asyncio.sleep(0.01)
+    assert not flushing.done() and table == {b"a": b"1"}
+    second.set_result(None)
+    assert await flushing == ["r1", "r2"] and table == {b"a": b"1", b"b": b"2"}
+
+
+async def test_a_batch_revoked_while_its_flush_waits_is_not_written() -> None:
+    table, writes = buffer()
+    delivery = pending_delivery()
+    writes.put(1, b"a", b"1")
+    writes.sent(1, delivery)
+    writes.folded(1, "r1")
+    flushing = asyncio.ensure_future(writes.flush(1))
+    await asyncio.sleep(0.01)
+    writes.discard([1])
+    delivery.set_result(None)
+    assert await flushing == [] and table == {} and writes.get(b"a") is None
+
+
+async def test_a_failed_delivery_of_a_sealed_batch_is_counted_once() -> None:
+    table, writes = buffer()
+    failed = pending_delivery()
+    writes.put(0, b"k", b"v")
+    writes.sent(0, failed)
+    writes.folded(0, "r")
+    writes.seal(0)
+    failed.set_exception(RuntimeError("MessageSizeTooLarge"))
+    assert writes.collect(0) == ["r"]
+    assert table == {b"k": b"v"} and writes.failed_sends == 1
+
+
+async def test_a_delivered_batch_left_uncollected_asks_for_a_flush_record() -> None:
+    _, writes = buffer(max_records=100, max_seconds=0.05)
+    delivery = pending_delivery()
+    writes.put(4, b"k", b"v")
+    writes.sent(4, delivery)
+    writes.folded(4, "r")
+    writes.seal(4)
+    await asyncio.sleep(0.06)
+    assert writes.overdue() == []  # still in flight: a flush record would only wait for it
+    delivery.set_result(None)
+    assert writes.overdue() == [4]
+    writes.collect(4)
+    assert writes.overdue() == []
+
+
+@pytest.mark.parametrize("seed", range(100))
+async def test_reads_and_the_final_table_follow_the_puts_under_any_interleaving(
+    seed: int,
+) -> None:
+    """Random puts, deletes, seals, deliveries and collects over three partitions: every read
+    sees the latest put, and once everything is flushed the table holds exactly that."""
+    import random
+
+    rng = random.Random(seed)
+    table, writes = buffer()
+    model: dict[bytes, bytes | None] = {}
+    in_flight: list[asyncio.Future[None]] = []
+    keys = [b"k%d" % i for i in range(12)]  # key i belongs to partition i % 3
+    for step in range(300):
+        action = rng.random()
+        if action < 0.5:
+            key = rng.choice(keys)
+            value = None if rng.random() < 0.15 else b"v%d" % step
+            writes.put(int(key[1:]) % 3, key, value)
+            model[key] = value
+            if rng.random() < 0.5:
+                delivery = pending_delivery()
+                in_flight.append(delivery)
+                writes.sent(int(key[1:]) % 3, delivery)
+        elif action < 0.65:
+            writes.seal(rng.randrange(3))
+        elif action < 0.85 and in_flight:
+            in_flight.pop(rng.randrange(len(in_flight))).set_result(None)
+        else:
+            writes.collect(rng.randrange(3))
+        for key in keys:
+            expected = model.get(key)
+            assert writes.get(key) == expected, (seed, step, key)
+    for delivery in in_flight:
+        delivery.set_result(None)
+    for partition in range(3):
+        await writes.flush(partition)
+    assert table == {k: v for k, v in model.items() if v is not None}
+    assert writes.pending() == 0
