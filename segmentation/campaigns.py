@@ -664,9 +664,17 @@ def decide(
     suppression = suppression_state or SuppressionState()
     occurred = transition.occurred_at_ms
     entered = [rule for rule in policy.rules if rule.entered_by(transition)]
-    # Most transitions enter no campaign: the zone and the quiet-hours walk only for those that do.
-    zone = resolve_zone(tz_name, policy.default_timezone) if entered else None
-    send_at = send_after_ms(occurred, zone, policy.quiet_hours) if zone is not None else occurred
+    watermark = occurred if state.watermark_ms is None else max(state.watermark_ms, occurred)
+    if not entered:
+        # Most transitions enter no campaign: only the watermark moves and old times age out,
+        # with no copy of the history to add to.
+        return Decision(
+            triggers=[],
+            skipped=[],
+            state=_pruned(watermark, state.sends, state.fires, state.recent_trigger_ids, policy),
+        )
+    zone = resolve_zone(tz_name, policy.default_timezone)
+    send_at = send_after_ms(occurred, zone, policy.quiet_hours)
 
     sends = {k: list(v) for k, v in state.sends.items()}
     fires = {k: list(v) for k, v in state.fires.items()}
@@ -676,7 +684,6 @@ def decide(
     skipped: list[tuple[str, SkipReason]] = []
 
     for rule in entered:
-        assert zone is not None
         tid = trigger_id(transition.change_id, rule.campaign)
         if tid in seen:
             skipped.append((rule.campaign, "duplicate"))
@@ -708,7 +715,6 @@ def decide(
             )
         )
 
-    watermark = occurred if state.watermark_ms is None else max(state.watermark_ms, occurred)
     return Decision(
         triggers=triggers,
         skipped=skipped,
@@ -759,9 +765,9 @@ def _window_peak(times: Sequence[int], at: int, window_ms: int) -> int:
 
 def _pruned(
     watermark: int,
-    sends: Mapping[str, list[int]],
-    fires: Mapping[str, list[int]],
-    recent: list[str],
+    sends: Mapping[str, Sequence[int]],
+    fires: Mapping[str, Sequence[int]],
+    recent: Sequence[str],
     policy: CampaignPolicy,
 ) -> CampaignState:
     kept_sends: dict[str, tuple[int, ...]] = {}

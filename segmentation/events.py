@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import re
-import unicodedata
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any, Final
@@ -87,6 +86,12 @@ def decode_json(payload: bytes) -> dict[str, Any]:
     return value
 
 
+# Unicode category Cc, exactly: C0 controls, DEL and C1 controls (tests/test_events.py checks
+# every code point against `unicodedata`). One regex scan instead of a category lookup per
+# character: ids are checked on every event (cProfile of the core: 4% of its time went there).
+CONTROL_CHARACTER: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
 def _identifier(doc: dict[str, Any], field: str, *, required: bool = True) -> str | None:
     value = doc.get(field)
     if value is None:
@@ -101,7 +106,7 @@ def _identifier(doc: dict[str, Any], field: str, *, required: bool = True) -> st
         raise InvalidEvent(
             "invalid_value", f"field '{field}' must be 1 to {MAX_ID_LENGTH} characters long"
         )
-    if any(unicodedata.category(ch) == "Cc" for ch in value):
+    if CONTROL_CHARACTER.search(value) is not None:
         raise InvalidEvent("invalid_value", f"field '{field}' contains control characters")
     return value
 

@@ -596,6 +596,24 @@ def test_a_long_cooldown_does_not_let_a_transition_outlive_the_cap_history() -> 
     assert skipped == [("vip_welcome", "cooldown"), ("vip_welcome", "late"), ("welcome", "late")]
 
 
+def test_a_transition_entering_no_campaign_moves_the_watermark_and_prunes_only() -> None:
+    """The fast path for the common case (no rule entered): no trigger, no skip, the history
+    aged out behind the new watermark, the recent trigger ids kept, the input state untouched."""
+    pol = policy()
+    *_, state = fold([to_vip(at=NOON, change_id="a")], pol)
+    assert state.sends and state.recent_trigger_ids
+    before = state.to_dict()
+    quiet = transition(at=NOON + 20 * DAY, change_id="b")  # active -> active: enters nothing
+    decision = decide(quiet, state, None, pol, None)
+    assert decision.triggers == [] and decision.skipped == []
+    assert decision.state.watermark_ms == NOON + 20 * DAY
+    assert decision.state.sends == {}  # older than twice the 7-day cap window
+    assert decision.state.recent_trigger_ids == state.recent_trigger_ids
+    assert state.to_dict() == before
+    early = transition(at=NOON - DAY, change_id="c")  # late: the watermark does not go back
+    assert decide(early, state, None, pol, None).state.watermark_ms == NOON
+
+
 def test_history_is_pruned_to_twice_the_longest_window() -> None:
     pol = policy()
     stages = [("active", "at_risk"), ("at_risk", "reactivated")]

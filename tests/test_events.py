@@ -3,6 +3,8 @@ accepted value is decoded exactly (amounts to integer cents, timestamps to epoch
 
 from __future__ import annotations
 
+import sys
+import unicodedata
 from typing import Any
 
 import orjson
@@ -10,6 +12,7 @@ import pytest
 
 from segmentation.errors import InvalidEvent
 from segmentation.events import (
+    CONTROL_CHARACTER,
     EMAIL_CLICKS,
     EMAIL_OPENS,
     INPUT_TOPICS,
@@ -484,3 +487,14 @@ def test_a_bad_suppression_channel_is_invalid_value(channel: str) -> None:
 
 def test_an_explicit_null_purchase_kind_means_the_default() -> None:
     assert parse(PURCHASES, doc_for(PURCHASES, kind=None)).kind == "purchase"
+
+
+def test_the_control_character_check_is_unicode_category_cc_for_every_code_point() -> None:
+    """`CONTROL_CHARACTER` replaced a `unicodedata.category(ch) == "Cc"` test per character:
+    the same answer for every code point, alone and inside an id."""
+    for code in range(sys.maxunicode + 1):
+        ch = chr(code)
+        expected = unicodedata.category(ch) == "Cc"
+        assert (CONTROL_CHARACTER.search(ch) is not None) is expected, hex(code)
+        if expected:
+            assert CONTROL_CHARACTER.search(f"id-{ch}-x") is not None
