@@ -67,7 +67,7 @@ def set_fetch_max_wait(ms: int) -> None:
     held for about 500 ms even when a record arrives on one of them (40 partitions, a record
     every 370 ms: 483 ms median from produce to consume with a 1,500 ms wait, 13 ms with 100 ms;
     one partition: 2 ms either way). A worker consumes ~45 partitions, so live records waited
-    there for half a second before the agent saw them. TIERSTREAM_FETCH_MAX_WAIT_MS (30 ms by
+    there for half a second before the agent saw them. TIERSTREAM_FETCH_MAX_WAIT_MS (100 ms by
     default) replaces Faust's value; on Kafka it costs an idle fetch request per wait."""
     from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 

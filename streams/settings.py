@@ -22,12 +22,6 @@ DEFAULT_WEB_PORT: Final = 6066
 DEFAULT_LAG_INTERVAL_SECONDS: Final = 5.0
 #: The worker's young-generation garbage collection threshold (streams/gctuning.py).
 DEFAULT_GC_THRESHOLD: Final = 50_000
-#: The longest a consumer fetch waits for records. It bounds how long a record waits for the
-#: quiet input topics' fetch answer before the event-time order releases it: on the embedded
-#: broker, which holds a fetch the full wait, 30 ms against 100 gave p50 47-63 against 69-101 ms
-#: and p99 197-347 against 246-433 ms at 1,235 events/s (README, Performance). On Kafka, which
-#: answers at the first byte, it only bounds idle fetches (about 33 requests/s per broker).
-DEFAULT_FETCH_MAX_WAIT_MS: Final = 30
 LOOPBACK_HOSTS: Final = frozenset({"127.0.0.1", "::1", "localhost"})
 MIN_WEB_TOKEN_LENGTH: Final = 16
 
@@ -161,7 +155,7 @@ class Settings:
     fast_group_join: bool
     lag_interval_seconds: float = DEFAULT_LAG_INTERVAL_SECONDS
     #: The longest a fetch waits for records (streams/kafka_fixes.py: Faust hard-codes 1,500).
-    fetch_max_wait_ms: int = DEFAULT_FETCH_MAX_WAIT_MS
+    fetch_max_wait_ms: int = 100
     #: The worker's young-generation garbage collection threshold (streams/gctuning.py); 0
     #: leaves Python's defaults.
     gc_threshold: int = DEFAULT_GC_THRESHOLD
@@ -606,9 +600,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         lag_interval_seconds=_float(
             env, "TIERSTREAM_LAG_INTERVAL_SECONDS", DEFAULT_LAG_INTERVAL_SECONDS, 0.1, 3600
         ),
-        fetch_max_wait_ms=_int(
-            env, "TIERSTREAM_FETCH_MAX_WAIT_MS", DEFAULT_FETCH_MAX_WAIT_MS, 1, 30_000
-        ),
+        fetch_max_wait_ms=_int(env, "TIERSTREAM_FETCH_MAX_WAIT_MS", 100, 1, 30_000),
         gc_threshold=_gc_threshold(env),
         warnings=tuple(warnings),
     )

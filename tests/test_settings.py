@@ -88,9 +88,6 @@ def test_defaults_are_safe(tmp_path: Path) -> None:
     assert s.partitions == 8 and s.store == "memory" and s.lag_interval_seconds == 5.0
     assert s.gc_threshold == 50_000
     assert load_settings(base(tmp_path, TIERSTREAM_GC_THRESHOLD="0")).gc_threshold == 0
-    assert s.fetch_max_wait_ms == 30
-    wait = load_settings(base(tmp_path, TIERSTREAM_FETCH_MAX_WAIT_MS="500")).fetch_max_wait_ms
-    assert wait == 500
     assert s.warnings == ()
     conf = faust_settings(s)
     assert conf["web_bind"] == "127.0.0.1"
