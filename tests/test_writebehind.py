@@ -124,13 +124,28 @@ def pending_delivery() -> asyncio.Future[None]:
     return asyncio.get_running_loop().create_future()
 
 
+def seal_one(
+    writes: WriteBehind,
+    partition: int,
+    key: bytes,
+    value: bytes,
+    record: str,
+    *,
+    seal: bool = True,
+) -> asyncio.Future[None]:
+    """A batch of one write, one output still in flight (returned) and one input record."""
+    delivery = pending_delivery()
+    writes.put(partition, key, value)
+    writes.sent(partition, delivery)
+    writes.folded(partition, record)
+    if seal:
+        writes.seal(partition)
+    return delivery
+
+
 async def test_a_sealed_batch_waits_for_its_deliveries_without_blocking_reads() -> None:
     table, writes = buffer()
-    delivery = pending_delivery()
-    writes.put(0, b"a", b"1")
-    writes.sent(0, delivery)
-    writes.folded(0, "r1")
-    writes.seal(0)
+    delivery = seal_one(writes, 0, b"a", b"1", "r1")
     assert writes.collect(0) == [] and table == {}
     assert writes.get(b"a") == b"1" and writes.pending() == 1 and writes.sealed(0) == 1
     delivery.set_result(None)
@@ -184,14 +199,8 @@ async def test_writing_an_earlier_batch_keeps_a_later_put_of_the_same_key_visibl
 
 async def test_flush_waits_for_every_sealed_batch_and_the_open_one() -> None:
     table, writes = buffer()
-    first, second = pending_delivery(), pending_delivery()
-    writes.put(2, b"a", b"1")
-    writes.sent(2, first)
-    writes.folded(2, "r1")
-    writes.seal(2)
-    writes.put(2, b"b", b"2")
-    writes.sent(2, second)
-    writes.folded(2, "r2")
+    first = seal_one(writes, 2, b"a", b"1", "r1")
+    second = seal_one(writes, 2, b"b", b"2", "r2", seal=False)
     flushing = asyncio.ensure_future(writes.flush(2))
     await asyncio.sleep(0.01)
     first.set_result(None)
@@ -203,10 +212,7 @@ async def test_flush_waits_for_every_sealed_batch_and_the_open_one() -> None:
 
 async def test_a_batch_revoked_while_its_flush_waits_is_not_written() -> None:
     table, writes = buffer()
-    delivery = pending_delivery()
-    writes.put(1, b"a", b"1")
-    writes.sent(1, delivery)
-    writes.folded(1, "r1")
+    delivery = seal_one(writes, 1, b"a", b"1", "r1", seal=False)
     flushing = asyncio.ensure_future(writes.flush(1))
     await asyncio.sleep(0.01)
     writes.discard([1])
@@ -216,11 +222,7 @@ async def test_a_batch_revoked_while_its_flush_waits_is_not_written() -> None:
 
 async def test_a_failed_delivery_of_a_sealed_batch_is_counted_once() -> None:
     table, writes = buffer()
-    failed = pending_delivery()
-    writes.put(0, b"k", b"v")
-    writes.sent(0, failed)
-    writes.folded(0, "r")
-    writes.seal(0)
+    failed = seal_one(writes, 0, b"k", b"v", "r")
     failed.set_exception(RuntimeError("MessageSizeTooLarge"))
     assert writes.collect(0) == ["r"]
     assert table == {b"k": b"v"} and writes.failed_sends == 1
@@ -228,11 +230,7 @@ async def test_a_failed_delivery_of_a_sealed_batch_is_counted_once() -> None:
 
 async def test_a_delivered_batch_left_uncollected_asks_for_a_flush_record() -> None:
     _, writes = buffer(max_records=100, max_seconds=0.05)
-    delivery = pending_delivery()
-    writes.put(4, b"k", b"v")
-    writes.sent(4, delivery)
-    writes.folded(4, "r")
-    writes.seal(4)
+    delivery = seal_one(writes, 4, b"k", b"v", "r")
     await asyncio.sleep(0.06)
     assert writes.overdue() == []  # still in flight: a flush record would only wait for it
     delivery.set_result(None)
