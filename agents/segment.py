@@ -145,16 +145,12 @@ class SegmentProcessor:
             await self.send_profiles(partition)
             self.put_clock(partition)
             writes.seal(partition)
-        if force:
-            written = await writes.flush(partition)
-        elif writes.sealed(partition):
-            written = writes.collect(partition)
-        else:
+        written = await writes.flush(partition) if force else writes.collect(partition)
+        if not written:
             return
         for message in written:
             self.finished(message)
-        if written:
-            self.save_applied(partition)
+        self.save_applied(partition)
 
     def put_clock(self, partition: int) -> None:
         """Persist the partition clock with the batch, as its last write. A restarted worker

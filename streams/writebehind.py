@@ -70,9 +70,7 @@ class _Sealed:
         rest = self.sends[self.checked :]
         if rest:
             await asyncio.wait(rest)
-            for send in rest:
-                self._note(send)
-            self.checked = len(self.sends)
+            self.delivered()  # notes the failures and moves the cursor past them all
 
     def _note(self, send: Any) -> None:
         # Reading the exception also marks it retrieved (no "never retrieved" warning).
